@@ -1,0 +1,1 @@
+"""Command-line entry points; each module registers its sub-commands with the `viral` parser."""
