@@ -1,0 +1,1 @@
+"""Everything VIRAL adds to training: layer capture, alignment projectors, losses, teachers."""

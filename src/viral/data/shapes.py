@@ -1,0 +1,262 @@
+"""ShapesWorld: a deterministic synthetic world of coloured shapes for training and ShapesBench.
+
+`generate(out_dir, seed, n_train, n_eval)` draws images of circles, squares and triangles in a few
+colours on varied backgrounds (flat colours, gradients, noise), and writes:
+
+- `images/{split}_{i:06d}.png`                  the images;
+- `labels/{split}_{i:06d}.png`                  the dense label map: red channel = shape id
+                                               (0 background, 1 circle, 2 square, 3 triangle),
+                                               green channel = colour id (0 background, 1.. in COLOURS order);
+- `train.json`                                 LLaVA-format instruction records (multi-turn QA);
+- `captions.json`                              LLaVA-format caption records for projector pre-training;
+- `eval.jsonl`                                 ShapesBench: one question per type per evaluation image,
+                                               `{question_id, image, question, answer, type}`;
+- `meta.json`                                  the world's vocabulary, image size and seed.
+
+Every image is drawn from its own random stream `(seed, split, index)`, so any subset regenerates
+identically. Question types: count, relation (left/right/above/below), existence, colour.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+SHAPES = ["circle", "square", "triangle"]
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 210, 40),
+}
+QUESTION_TYPES = ["count", "relation", "existence", "colour"]
+INSTRUCTIONS = {
+    "count": "Answer with a number.",
+    "relation": "Answer yes or no.",
+    "existence": "Answer yes or no.",
+    "colour": "Answer with one word.",
+}
+MAX_OBJECTS = 6
+
+
+@dataclass
+class ShapeObject:
+    """One drawn object: its kind, colour, centre and half-size in pixels."""
+
+    shape: str
+    colour: str
+    cx: float
+    cy: float
+    half: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A flat, gradient or noisy background in muted colours, `[size, size, 3]` uint8."""
+    base = rng.integers(60, 200, size=3).astype(np.float32)
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        image = np.broadcast_to(base, (size, size, 3)).copy()
+    elif kind == 1:
+        other = rng.integers(60, 200, size=3).astype(np.float32)
+        t = np.linspace(0.0, 1.0, size, dtype=np.float32)
+        ramp = t[None, :, None] if rng.random() < 0.5 else t[:, None, None]
+        image = base * (1 - ramp) + other * ramp
+        image = np.broadcast_to(image, (size, size, 3)).copy()
+    else:
+        image = np.broadcast_to(base, (size, size, 3)).copy()
+    noise = rng.normal(0.0, rng.uniform(4.0, 18.0), size=(size, size, 3))
+    image = image + noise
+    # muted: pull towards grey so the shape colours stand out
+    grey = image.mean(axis=2, keepdims=True)
+    image = 0.5 * image + 0.5 * grey
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _place_objects(rng: np.random.Generator, size: int) -> list[ShapeObject]:
+    count = int(rng.integers(1, MAX_OBJECTS + 1))
+    objects: list[ShapeObject] = []
+    attempts = 0
+    while len(objects) < count and attempts < 200:
+        attempts += 1
+        half = float(rng.uniform(size * 0.06, size * 0.11))
+        cx = float(rng.uniform(half + 1, size - half - 1))
+        cy = float(rng.uniform(half + 1, size - half - 1))
+        if any(abs(cx - o.cx) < half + o.half + 2 and abs(cy - o.cy) < half + o.half + 2 for o in objects):
+            continue
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        objects.append(ShapeObject(shape, colour, cx, cy, half))
+    return objects
+
+
+def _draw(objects: list[ShapeObject], background: np.ndarray) -> tuple[Image.Image, Image.Image]:
+    """The RGB image and its label map (R = shape id, G = colour id)."""
+    size = background.shape[0]
+    image = Image.fromarray(background)
+    labels = Image.new("RGB", (size, size), (0, 0, 0))
+    draw, label_draw = ImageDraw.Draw(image), ImageDraw.Draw(labels)
+    colour_ids = {name: i + 1 for i, name in enumerate(COLOURS)}
+    for obj in objects:
+        box = [obj.cx - obj.half, obj.cy - obj.half, obj.cx + obj.half, obj.cy + obj.half]
+        label = (SHAPES.index(obj.shape) + 1, colour_ids[obj.colour], 0)
+        for canvas, fill in ((draw, COLOURS[obj.colour]), (label_draw, label)):
+            if obj.shape == "circle":
+                canvas.ellipse(box, fill=fill)
+            elif obj.shape == "square":
+                canvas.rectangle(box, fill=fill)
+            else:
+                x0, y0, x1, y1 = box
+                canvas.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+    return image, labels
+
+
+def _count_question(rng, objects):
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    if rng.random() < 0.5:
+        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        n = sum(o.shape == shape and o.colour == colour for o in objects)
+        return f"How many {colour} {PLURALS[shape]} are there?", str(n)
+    n = sum(o.shape == shape for o in objects)
+    return f"How many {PLURALS[shape]} are there?", str(n)
+
+
+def _unique(objects):
+    names = [o.name for o in objects]
+    return [o for o in objects if names.count(o.name) == 1]
+
+
+def _relation_question(rng, objects):
+    unique = _unique(objects)
+    pairs = []
+    for a in unique:
+        for b in unique:
+            if a is b:
+                continue
+            if abs(a.cx - b.cx) > a.half + b.half:
+                pairs.append((a, b, "left of" if a.cx < b.cx else "right of"))
+            if abs(a.cy - b.cy) > a.half + b.half:
+                pairs.append((a, b, "above" if a.cy < b.cy else "below"))
+    if not pairs:
+        return None
+    a, b, truth = pairs[int(rng.integers(len(pairs)))]
+    opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    asked = truth if rng.random() < 0.5 else opposite[truth]
+    return f"Is the {a.name} {asked} the {b.name}?", "yes" if asked == truth else "no"
+
+
+def _existence_question(rng, objects):
+    present = {o.name for o in objects}
+    absent = [f"{c} {s}" for c in COLOURS for s in SHAPES if f"{c} {s}" not in present]
+    if rng.random() < 0.5 or not absent:
+        name = sorted(present)[int(rng.integers(len(present)))]
+        return f"Is there a {name}?", "yes"
+    return f"Is there a {absent[int(rng.integers(len(absent)))]}?", "no"
+
+
+def _colour_question(rng, objects):
+    single = [s for s in SHAPES if sum(o.shape == s for o in objects) == 1]
+    if not single:
+        return None
+    shape = single[int(rng.integers(len(single)))]
+    colour = next(o.colour for o in objects if o.shape == shape)
+    return f"What colour is the {shape}?", colour
+
+
+QUESTION_MAKERS = {
+    "count": _count_question,
+    "relation": _relation_question,
+    "existence": _existence_question,
+    "colour": _colour_question,
+}
+
+
+def caption(objects: list[ShapeObject]) -> str:
+    """A plain listing of the objects, e.g. 'two red circles and one blue square.'"""
+    numbers = ["zero", "one", "two", "three", "four", "five", "six"]
+    counts: dict[str, int] = {}
+    for o in objects:
+        counts[o.name] = counts.get(o.name, 0) + 1
+    parts = []
+    for name in sorted(counts):
+        colour, shape = name.split()
+        n = counts[name]
+        parts.append(f"{numbers[n]} {colour} {shape if n == 1 else PLURALS[shape]}")
+    return (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
+
+
+def draw_scene(seed: int, split: str, index: int, size: int):
+    """Objects, image and label map of one scene, from its own random stream."""
+    split_id = {"train": 0, "eval": 1}[split]
+    rng = np.random.default_rng([seed, split_id, index])
+    objects = _place_objects(rng, size)
+    image, labels = _draw(objects, _background(rng, size))
+    return rng, objects, image, labels
+
+
+def _question(rng, objects, qtype):
+    made = QUESTION_MAKERS[qtype](rng, objects)
+    if made is None:
+        return None
+    question, answer = made
+    return f"{question} {INSTRUCTIONS[qtype]}", answer
+
+
+def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: int = 200, size: int = 64,
+             turns: int = 3, progress: bool = True) -> Path:
+    """Write a ShapesWorld dataset (see the module docstring) and return its folder."""
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    train_records, caption_records, eval_records = [], [], []
+    for split, count in (("train", n_train), ("eval", n_eval)):
+        for i in tqdm(range(count), desc=f"ShapesWorld {split}", disable=not progress):
+            rng, objects, image, labels = draw_scene(seed, split, i, size)
+            name = f"{split}_{i:06d}.png"
+            image.save(out / "images" / name)
+            labels.save(out / "labels" / name)
+            rel = f"images/{name}"
+            if split == "train":
+                conversation = []
+                for turn in range(turns):
+                    qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
+                    made = _question(rng, objects, qtype) or _question(rng, objects, "existence")
+                    question, answer = made
+                    if turn == 0:
+                        question = "<image>\n" + question
+                    conversation += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+                train_records.append({"id": f"train-{i}", "image": rel, "conversations": conversation})
+                caption_records.append({
+                    "id": f"caption-{i}",
+                    "image": rel,
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nDescribe the image."},
+                        {"from": "gpt", "value": caption(objects)},
+                    ],
+                })
+            else:
+                for qtype in QUESTION_TYPES:
+                    made = _question(rng, objects, qtype)
+                    if made is None:
+                        continue
+                    question, answer = made
+                    eval_records.append({
+                        "question_id": f"eval-{i}-{qtype}", "image": rel, "question": question,
+                        "answer": answer, "type": qtype,
+                    })
+    (out / "train.json").write_text(json.dumps(train_records))
+    (out / "captions.json").write_text(json.dumps(caption_records))
+    (out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in eval_records))
+    meta = {"seed": seed, "n_train": n_train, "n_eval": n_eval, "size": size, "shapes": SHAPES,
+            "colours": list(COLOURS), "question_types": QUESTION_TYPES}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return out

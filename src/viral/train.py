@@ -1,0 +1,333 @@
+"""Training: a transformers `Trainer` whose loss is L = L_LM + lambda * L_VRA (VIRAL, arXiv 2509.07979).
+
+- `ViralTrainingModel` wraps the llava-hf model with the alignment head; its forward captures the
+  target layers' image-token states with hooks, projects them, and compares them with the teacher's
+  features (computed by the trainer from the teacher's own pixels, or, for the `encoder` target, the
+  vision features z captured at the projector's input in the same forward pass).
+- `ViralTrainer` adds the teacher (kept outside the model, the optimizer and the checkpoint), a
+  separate learning rate for the vision projector, logging of L_LM and L_VRA at every logging step,
+  and checkpoints that hold only trainable state.
+- `train(config)` builds everything from an `ExperimentConfig`, trains, and exports a plain
+  llava-hf checkpoint (LoRA merged) with its processor, `alignment_head.safetensors`,
+  `viral_config.yaml` and `metrics.jsonl` in `config.output_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from viral.align.capture import LayerCapture
+from viral.align.losses import get_alignment_loss
+from viral.align.projector import AlignmentHead
+from viral.align.teachers import Teacher, build_teacher
+from viral.config import ConfigError, ExperimentConfig
+from viral.data.llava import LlavaCollator, LlavaDataset
+from viral.data.templates import resolve_template
+from viral.model import build_model, image_grid, num_image_tokens
+
+logger = logging.getLogger(__name__)
+
+ALIGNMENT_HEAD_NAME = "alignment_head.safetensors"
+METRICS_NAME = "metrics.jsonl"
+RUN_CONFIG_NAME = "viral_config.yaml"
+PROJECTOR_KEY = "multi_modal_projector"
+
+
+class ViralTrainingModel(nn.Module):
+    """The llava-hf model (possibly peft-wrapped) plus, when VIRAL is on, the alignment head."""
+
+    def __init__(self, mllm: nn.Module, llava: nn.Module, alignment_head: AlignmentHead | None = None,
+                 vra_weight: float = 0.5, alignment_loss: str = "cosine"):
+        super().__init__()
+        self.mllm = mllm
+        self.alignment_head = alignment_head
+        self.vra_weight = float(vra_weight)
+        self.image_token_id = int(llava.config.image_token_id)
+        self.loss_fn = get_alignment_loss(alignment_loss)
+        self.capture = LayerCapture(llava, alignment_head.target_layers) if alignment_head is not None else None
+        self._encoder_features: torch.Tensor | None = None
+        if alignment_head is not None:
+            llava.model.multi_modal_projector.register_forward_pre_hook(self._keep_encoder_features)
+
+    def _keep_encoder_features(self, module, args) -> None:
+        if self.capture is not None and self.capture.mask is not None:
+            self._encoder_features = args[0].detach()  # [B_img, N, D_v]: z, CLS dropped
+
+    def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None,
+                teacher_features=None) -> dict[str, torch.Tensor]:
+        if self.alignment_head is None:
+            out = self.mllm(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                            pixel_values=pixel_values)
+            return {"loss": out.loss, "loss_lm": out.loss.detach()}
+        image_mask = input_ids == self.image_token_id  # [B, T]
+        self.capture.arm(image_mask)
+        try:
+            out = self.mllm(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                            pixel_values=pixel_values)
+        finally:
+            states = self.capture.collect()  # {layer: [B_img, N, D]}
+            encoder_features, self._encoder_features = self._encoder_features, None
+        targets = teacher_features if teacher_features is not None else encoder_features  # [B_img, N, D_z]
+        if not states or targets is None or next(iter(states.values())).shape[0] == 0:
+            # no image in this batch: zero loss that still touches the head (keeps DDP's reducer happy)
+            loss_vra = sum(p.sum() for p in self.alignment_head.parameters()) * 0.0
+        else:
+            projected = self.alignment_head(states)
+            losses = [self.loss_fn(projected[layer], targets.to(projected[layer].dtype)) for layer in projected]
+            loss_vra = torch.stack(losses).mean()
+        loss = out.loss + self.vra_weight * loss_vra
+        return {"loss": loss, "loss_lm": out.loss.detach(), "loss_vra": loss_vra.detach()}
+
+
+class MetricsJsonlCallback(TrainerCallback):
+    """Writes one JSON line per logging step: step, loss_lm, loss_vra (null when off), lr."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss_lm" not in logs:
+            return
+        row = {"step": state.global_step, "loss": logs.get("loss"), "loss_lm": logs.get("loss_lm"),
+               "loss_vra": logs.get("loss_vra"), "lr": logs.get("learning_rate")}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+class ViralTrainer(Trainer):
+    """Trainer with the teacher outside the model, the two loss terms logged, trainable-only checkpoints."""
+
+    def __init__(self, *args, teacher: Teacher | None = None, projector_lr: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher
+        self.projector_lr = projector_lr
+        self._sums = {"loss_lm": 0.0, "loss_vra": 0.0}
+        self._count = 0
+        self.num_skipped = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        inputs.pop("record_index", None)
+        self.num_skipped += int(inputs.pop("num_skipped", 0) or 0)
+        teacher_pixels = inputs.pop("teacher_pixel_values", None)
+        if teacher_pixels is not None and self.teacher is not None and "teacher_features" not in inputs:
+            inputs["teacher_features"] = self.teacher(teacher_pixels)  # [B_img, N, D_z], no grad
+        outputs = model(**inputs)
+        self._count += 1
+        self._sums["loss_lm"] += float(outputs["loss_lm"])
+        if "loss_vra" in outputs:
+            self._sums["loss_vra"] += float(outputs["loss_vra"])
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._count:
+            logs["loss_lm"] = self._sums["loss_lm"] / self._count
+            aligned = getattr(self.accelerator.unwrap_model(self.model), "alignment_head", None) is not None
+            logs["loss_vra"] = self._sums["loss_vra"] / self._count if aligned else None
+            if self.num_skipped:
+                logs["skipped_records"] = self.num_skipped
+            self._sums = {"loss_lm": 0.0, "loss_vra": 0.0}
+            self._count = 0
+        super().log(logs, *args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        """AdamW (or `args.optim`) with the vision projector in its own group at `projector_lr`."""
+        if self.optimizer is not None or self.projector_lr is None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((PROJECTOR_KEY in name, name in decay), []).append(param)
+        param_groups = []
+        for (is_projector, decays), params in sorted(groups.items()):  # projector last: logged lr = LLM's
+            group = {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
+            if is_projector:
+                group["lr"] = self.projector_lr
+            param_groups.append(group)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Checkpoint only the trainable tensors (projector, LoRA or LLM, alignment head)."""
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        state = state_dict if state_dict is not None else model.state_dict()
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items() if k in trainable}
+        save_file(tensors, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+
+def configure_trainable(config: ExperimentConfig, llava: nn.Module) -> nn.Module:
+    """Freeze per stage; wrap with LoRA (peft) when asked. Returns the model to train (peft or llava)."""
+    llava.requires_grad_(False)
+    model: nn.Module = llava
+    if config.train.stage == "finetune":
+        if config.train.finetune_mode == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            names = "|".join(config.train.lora_target_modules)
+            lora = LoraConfig(
+                r=config.train.lora_r, lora_alpha=config.train.lora_alpha, lora_dropout=config.train.lora_dropout,
+                target_modules=rf".*language_model.*\.({names})$", bias="none",
+            )
+            model = get_peft_model(llava, lora)
+        else:
+            llava.model.language_model.requires_grad_(True)
+            llava.lm_head.requires_grad_(True)
+    llava.model.multi_modal_projector.requires_grad_(True)
+    llava.model.vision_tower.requires_grad_(False)
+    return model
+
+
+def check_alignment_config(config: ExperimentConfig, llava: nn.Module, teacher: Teacher) -> int:
+    """Validate target layers and z_dim against the model and teacher; returns z_dim."""
+    num_layers = llava.config.text_config.num_hidden_layers
+    bad = [layer for layer in config.align.target_layers if not 0 <= layer <= num_layers]
+    if bad:
+        raise ConfigError(f"align.target_layers {bad} out of range 0..{num_layers} for this LLM "
+                          f"({num_layers} layers); the paper's 16 of 32 is the middle")
+    if config.align.z_dim is not None and config.align.z_dim != teacher.z_dim:
+        raise ConfigError(f"align.z_dim is {config.align.z_dim} but teacher {config.align.vra_target!r} "
+                          f"gives {teacher.z_dim}-dim features; remove z_dim or set it to {teacher.z_dim}")
+    return teacher.z_dim
+
+
+def training_arguments(config: ExperimentConfig) -> TrainingArguments:
+    """transformers.TrainingArguments from the `train` section (warmup_ratio < 1 is a fraction of steps)."""
+    t = config.train
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,
+        lr_scheduler_type=t.lr_scheduler_type,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        bf16=t.bf16,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=t.report_to,
+        deepspeed=t.deepspeed,
+        fsdp=t.fsdp,
+        fsdp_config=t.fsdp_config,
+        dataloader_num_workers=t.dataloader_num_workers,
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any]]:
+    """Everything needed to train `config`: the trainer and the parts `export` needs."""
+    if config.data.path is None:
+        raise ConfigError("data.path is not set: point it at a LLaVA-format JSON file")
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    dtype = torch.bfloat16 if config.train.bf16 else torch.float32
+    llava, processor = build_model(config.model, config.output_dir, data_path=config.data.path)
+    teacher = None
+    head = None
+    if config.align.vra_loss:
+        teacher = build_teacher(config.align.vra_target, image_grid(llava),
+                                vision_hidden_size=llava.config.vision_config.hidden_size)
+        z_dim = check_alignment_config(config, llava, teacher)
+        torch.manual_seed(config.train.seed)
+        head = AlignmentHead(config.align.target_layers, llava.config.text_config.hidden_size,
+                             config.align.projector_dim, z_dim, config.align.use_multiple_projectors)
+    if config.train.gradient_checkpointing:
+        llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    mllm = configure_trainable(config, llava)
+    model = ViralTrainingModel(mllm, llava, head, config.align.vra_weight, config.align.alignment_loss)
+    if dtype != torch.float32:
+        model.to(dtype)
+    if teacher is not None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        teacher.to(device=device, dtype=dtype)
+    template = resolve_template(config.data.template, processor)
+    teacher_inputs = None
+    if teacher is not None and teacher.needs_pixels:
+        def teacher_inputs(image, relpath):
+            return {"teacher_pixel_values": teacher.preprocess([image])[0]}  # [3, S, S]
+    dataset = LlavaDataset(
+        config.data.path, processor, template, image_folder=config.data.image_folder,
+        image_aspect=config.data.image_aspect, model_max_length=config.data.model_max_length,
+        num_image_tokens=num_image_tokens(llava), image_token_id=llava.config.image_token_id,
+        teacher_inputs=teacher_inputs, skip_bad_records=config.data.skip_bad_records,
+    )
+    metrics_path = Path(config.output_dir) / METRICS_NAME
+    if not config.train.resume_from_checkpoint and metrics_path.exists():
+        metrics_path.unlink()
+    trainer = ViralTrainer(
+        model=model,
+        args=training_arguments(config),
+        train_dataset=dataset,
+        data_collator=LlavaCollator(processor.tokenizer.pad_token_id),
+        callbacks=[MetricsJsonlCallback(metrics_path)],
+        teacher=teacher,
+        projector_lr=config.train.projector_lr,
+    )
+    trainer.num_skipped = dataset.num_skipped
+    parts = {"llava": llava, "mllm": mllm, "processor": processor, "head": head, "template": template,
+             "teacher": teacher, "dataset": dataset}
+    return trainer, parts
+
+
+def export(config: ExperimentConfig, parts: dict[str, Any], output_dir: str | Path | None = None) -> Path:
+    """Write the plain llava-hf checkpoint (LoRA merged), processor, alignment head and resolved config."""
+    out = Path(output_dir or config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mllm = parts["mllm"]
+    llava = mllm.merge_and_unload() if hasattr(mllm, "merge_and_unload") else mllm
+    llava.save_pretrained(out)
+    processor = parts["processor"]
+    if config.data.template != "plain":
+        processor.chat_template = parts["template"]
+    processor.save_pretrained(out)
+    if parts["head"] is not None:
+        head = parts["head"]
+        tensors = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+        save_file(tensors, out / ALIGNMENT_HEAD_NAME, metadata={"config": json.dumps(head.config)})
+    config.save(out / RUN_CONFIG_NAME)
+    return out
+
+
+def load_alignment_head(path: str | Path) -> AlignmentHead:
+    """The alignment head saved beside a checkpoint (for resuming or analysis)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    file = path / ALIGNMENT_HEAD_NAME if path.is_dir() else path
+    with safe_open(str(file), "pt") as handle:
+        head_config = json.loads(handle.metadata()["config"])
+    head = AlignmentHead(**head_config)
+    head.load_state_dict(load_file(str(file)))
+    return head
+
+
+def train(config: ExperimentConfig) -> Path:
+    """Train as `config` says and export the result to `config.output_dir`."""
+    trainer, parts = build_trainer(config)
+    config.save(Path(config.output_dir) / RUN_CONFIG_NAME)
+    trainer.train(resume_from_checkpoint=config.train.resume_from_checkpoint)
+    if parts["dataset"].num_skipped or trainer.num_skipped:
+        logger.warning("skipped %d bad record(s) in all", trainer.num_skipped)
+    return export(config, parts)

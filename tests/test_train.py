@@ -1,0 +1,151 @@
+"""Training with and without VIRAL on the tiny preset: what trains, what stays frozen, what is saved."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import train_overrides
+from viral.config import load_config
+from viral.train import ALIGNMENT_HEAD_NAME, METRICS_NAME, build_trainer, export, train
+
+
+def one_step(trainer):
+    """Run one optimisation step through the Trainer's own machinery."""
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    model = trainer.model
+    batch = next(iter(trainer.get_train_dataloader()))
+    model.train()
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad()
+    return float(loss.detach())
+
+
+def test_lora_keeps_alignment_and_vision_projectors_trainable(tmp_path, shapes_dir):
+    config = load_config(None, train_overrides(tmp_path / "run", shapes_dir, "align.vra_loss=true",
+                                               "align.vra_target=encoder", "align.target_layers=[2]"))
+    trainer, parts = build_trainer(config)
+    head, llava = parts["head"], parts["llava"]
+    assert all(p.requires_grad for p in head.parameters())
+    assert all(p.requires_grad for p in llava.model.multi_modal_projector.parameters())
+    assert not any(p.requires_grad for p in llava.model.vision_tower.parameters())
+    lora = [n for n, p in parts["mllm"].named_parameters() if p.requires_grad and "lora_" in n]
+    assert lora and all("language_model" in n for n in lora)
+    before = {n: p.detach().clone() for n, p in head.named_parameters()}
+    vision_before = {n: p.detach().clone() for n, p in llava.model.vision_tower.named_parameters()}
+    one_step(trainer)
+    assert all(not torch.equal(before[n], p) for n, p in head.named_parameters())
+    assert all(torch.equal(vision_before[n], p) for n, p in llava.model.vision_tower.named_parameters())
+
+
+def test_dinov2_teacher_is_frozen_loaded_from_disk_and_outside_optimizer(tmp_path, shapes_dir, tiny_dinov2_path):
+    config = load_config(None, train_overrides(tmp_path / "run", shapes_dir, "align.vra_loss=true",
+                                               f"align.vra_target={tiny_dinov2_path}", "align.target_layers=[2]"))
+    trainer, parts = build_trainer(config)
+    teacher = parts["teacher"]
+    on_disk = load_file(tiny_dinov2_path + "-reference.safetensors")  # what save_pretrained wrote
+    loaded = teacher.model.state_dict()
+    assert on_disk.keys() == loaded.keys()
+    assert all(torch.equal(on_disk[k], loaded[k]) for k in on_disk)
+    assert teacher.z_dim == 48 and not teacher.model.training
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not any(id(p) in optimised for p in teacher.parameters())
+    one_step(trainer)
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(on_disk[k], v) for k, v in teacher.model.state_dict().items())
+    trainer._save(str(tmp_path / "ckpt"))
+    saved = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert saved and not any("teacher" in k or "dinov2" in k.lower() for k in saved)
+    assert any(k.startswith("alignment_head.") for k in saved)
+
+
+def test_vra_loss_decreases_over_a_few_steps(tmp_path, shapes_dir):
+    config = load_config(None, train_overrides(
+        tmp_path / "run", shapes_dir, "align.vra_loss=true", "align.vra_target=encoder",
+        "align.target_layers=[2]", "train.max_steps=16", "train.lr_scheduler_type=constant",
+        "align.projector_dim=64"))
+    train(config)
+    rows = [json.loads(line) for line in (tmp_path / "run" / METRICS_NAME).read_text().splitlines()]
+    assert len(rows) == 16 and all(r["loss_lm"] is not None and r["lr"] == 1e-3 for r in rows)
+    first = sum(r["loss_vra"] for r in rows[:4]) / 4
+    last = sum(r["loss_vra"] for r in rows[-4:]) / 4
+    assert last < first - 0.05, (first, last)
+
+
+def test_baseline_builds_no_head_and_runs_no_teacher(tmp_path, shapes_dir):
+    config = load_config(None, train_overrides(tmp_path / "run", shapes_dir, "align.vra_loss=false"))
+    trainer, parts = build_trainer(config)
+    assert parts["head"] is None and parts["teacher"] is None and trainer.teacher is None
+    assert trainer.model.alignment_head is None and trainer.model.capture is None
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "teacher_pixel_values" not in batch
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "run" / METRICS_NAME).read_text().splitlines()]
+    assert rows and all(r["loss_vra"] is None for r in rows)
+    out = export(config, parts)
+    assert not (out / ALIGNMENT_HEAD_NAME).exists()
+
+
+def test_checkpoint_loads_with_plain_transformers_in_fresh_process(tmp_path, shapes_dir):
+    config = load_config(None, train_overrides(tmp_path / "run", shapes_dir, "align.vra_loss=true",
+                                               "align.vra_target=encoder", "align.target_layers=[1]",
+                                               "train.max_steps=2"))
+    out = train(config)
+    assert (out / ALIGNMENT_HEAD_NAME).is_file() and (out / "viral_config.yaml").is_file()
+    script = f"""
+import sys, torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+model = LlavaForConditionalGeneration.from_pretrained({str(out)!r})
+processor = AutoProcessor.from_pretrained({str(out)!r})
+messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "How many circles ?"}}]}}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = processor(text=prompt, images=Image.new("RGB", (64, 64), "red"), return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+assert out.shape[1] > inputs["input_ids"].shape[1]
+assert not any(name == "viral" or name.startswith("viral.") for name in sys.modules)
+assert not any("lora" in k for k in model.state_dict())
+print("OK")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("OK")
+    from viral.cli import main
+
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "red.png")
+    assert main(["infer", "--model-path", str(out), "--image-path", str(tmp_path / "red.png"),
+                 "--prompt", "How many circles ?", "--temperature", "0", "--max-new-tokens", "3"]) == 0
+
+
+def test_official_config_json_loads_unchanged(tmp_path):
+    official = {"vra_loss": True, "target_layers": [16], "vra_target": "dinov2-vit-b", "vra_weight": 0.5,
+                "projector_dim": 2048, "z_dim": 768, "use_multiple_projectors": True}
+    (tmp_path / "config.json").write_text(json.dumps(official))
+    (tmp_path / "exp.yaml").write_text("align: config.json\n")
+    config = load_config(tmp_path / "exp.yaml")
+    for key, value in official.items():
+        assert getattr(config.align, key) == value
+    inline = load_config(None, [f"align={json.dumps(official)}"])
+    assert inline.align == config.align
+
+
+def test_out_of_range_layer_and_contradicting_z_dim_are_config_errors(tmp_path, shapes_dir):
+    from viral.config import ConfigError
+
+    bad_layer = load_config(None, train_overrides(tmp_path / "a", shapes_dir, "align.vra_loss=true",
+                                                  "align.vra_target=encoder", "align.target_layers=[9]"))
+    with pytest.raises(ConfigError, match="out of range 0..4"):
+        build_trainer(bad_layer)
+    bad_dim = load_config(None, train_overrides(tmp_path / "b", shapes_dir, "align.vra_loss=true",
+                                                "align.vra_target=encoder", "align.target_layers=[2]",
+                                                "align.z_dim=999"))
+    with pytest.raises(ConfigError, match="z_dim is 999"):
+        build_trainer(bad_dim)
