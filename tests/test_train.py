@@ -149,3 +149,27 @@ def test_out_of_range_layer_and_contradicting_z_dim_are_config_errors(tmp_path, 
                                                 "align.z_dim=999"))
     with pytest.raises(ConfigError, match="z_dim is 999"):
         build_trainer(bad_dim)
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (Path(run) / METRICS_NAME).read_text().splitlines()]
+
+
+def test_resume_continues_the_same_loss_curve_and_checkpointing_changes_nothing(tmp_path, shapes_dir):
+    import shutil
+
+    common = ["align.vra_loss=true", "align.vra_target=encoder", "align.target_layers=[2]",
+              "train.max_steps=4", "train.save_steps=2"]
+    train(load_config(None, train_overrides(tmp_path / "full", shapes_dir, *common)))
+    full = read_metrics(tmp_path / "full")
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")  # as if killed after step 4's log
+    shutil.rmtree(tmp_path / "resumed" / "checkpoint-4")
+    train(load_config(None, train_overrides(tmp_path / "resumed", shapes_dir, *common,
+                                            f"train.resume_from_checkpoint={tmp_path / 'resumed' / 'checkpoint-2'}")))
+    assert read_metrics(tmp_path / "resumed") == full
+    train(load_config(None, train_overrides(tmp_path / "gc", shapes_dir, *common,
+                                            "train.gradient_checkpointing=true")))
+    checkpointed = read_metrics(tmp_path / "gc")
+    for a, b in zip(full, checkpointed):
+        assert a["loss_lm"] == pytest.approx(b["loss_lm"], abs=1e-5)
+        assert a["loss_vra"] == pytest.approx(b["loss_vra"], abs=1e-5)

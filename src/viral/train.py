@@ -45,6 +45,8 @@ PROJECTOR_KEY = "multi_modal_projector"
 class ViralTrainingModel(nn.Module):
     """The llava-hf model (possibly peft-wrapped) plus, when VIRAL is on, the alignment head."""
 
+    _keys_to_ignore_on_save = None  # read by the Trainer's checkpoint code
+
     def __init__(self, mllm: nn.Module, llava: nn.Module, alignment_head: AlignmentHead | None = None,
                  vra_weight: float = 0.5, alignment_loss: str = "cosine"):
         super().__init__()
@@ -172,6 +174,19 @@ class ViralTrainer(Trainer):
         save_file(tensors, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Load the trainable tensors `_save` wrote; every saved key must exist in the model."""
+        model = self.accelerator.unwrap_model(model if model is not None else self.model)
+        path = os.path.join(resume_from_checkpoint, "model.safetensors")
+        if not os.path.isfile(path):
+            raise ValueError(f"no model.safetensors in checkpoint {resume_from_checkpoint}")
+        state = load_file(path)
+        result = model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"checkpoint {resume_from_checkpoint} holds tensors this model does not have: "
+                             f"{result.unexpected_keys[:5]} ... (was it written by a different config?)")
+        logger.info("resumed %d trainable tensors from %s", len(state), resume_from_checkpoint)
+
 
 def configure_trainable(config: ExperimentConfig, llava: nn.Module) -> nn.Module:
     """Freeze per stage; wrap with LoRA (peft) when asked. Returns the model to train (peft or llava)."""
@@ -234,7 +249,21 @@ def training_arguments(config: ExperimentConfig) -> TrainingArguments:
         dataloader_num_workers=t.dataloader_num_workers,
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
     )
+
+
+def trim_metrics(path: Path, resume_from_checkpoint: str | None) -> None:
+    """Start `metrics.jsonl` afresh, or on resume keep only the rows up to the checkpoint's step."""
+    if not path.exists():
+        return
+    if not resume_from_checkpoint:
+        path.unlink()
+        return
+    state_file = Path(resume_from_checkpoint) / "trainer_state.json"
+    step = json.loads(state_file.read_text())["global_step"] if state_file.is_file() else 0
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(row + "\n" for row in rows))
 
 
 def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any]]:
@@ -274,8 +303,7 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
         teacher_inputs=teacher_inputs, skip_bad_records=config.data.skip_bad_records,
     )
     metrics_path = Path(config.output_dir) / METRICS_NAME
-    if not config.train.resume_from_checkpoint and metrics_path.exists():
-        metrics_path.unlink()
+    trim_metrics(metrics_path, config.train.resume_from_checkpoint)
     trainer = ViralTrainer(
         model=model,
         args=training_arguments(config),
