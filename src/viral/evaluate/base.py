@@ -106,7 +106,7 @@ class Prediction:
             "parsed": self.parsed,
             "answer": self.record.answer,
             "correct": self.correct,
-            **{key: value for key, value in self.record.groups.items() if key not in ("question_id",)},
+            **self.record.groups,
         }
 
 

@@ -103,13 +103,13 @@ class CVBench(Benchmark):
     def _read_rows(data: Path) -> tuple[list[dict], Path]:
         if data.is_file():
             if data.suffix == ".jsonl":
-                return read_jsonl(data), data.parent
+                return _with_source(read_jsonl(data), data), data.parent
             if data.suffix == ".parquet":
                 return read_table(data), data.parent
             raise DataError(f"{data}: expected a .jsonl or .parquet CV-Bench file")
         jsonl = find_first(data, JSONL_NAMES)
         if jsonl is not None:
-            return read_jsonl(jsonl), data
+            return _with_source(read_jsonl(jsonl), jsonl), data
         table = find_first(data, TABLE_NAMES)
         if table is not None:
             return read_table(table), data
@@ -160,3 +160,9 @@ class CVBench(Benchmark):
             "sources": {source: len(group) for source, group in by_source.items()},
         }
         return ScoreReport(metrics=metrics, counts=counts)
+
+
+def _with_source(rows: list[dict], source: Path) -> list[dict]:
+    for row in rows:
+        row["__source__"] = str(source)
+    return rows

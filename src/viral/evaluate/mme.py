@@ -64,12 +64,14 @@ class MME(Benchmark):
     @staticmethod
     def _load_table(file: Path) -> list[Record]:
         records = []
+        questions_per_image: dict[str, int] = {}
         for index, row in enumerate(read_table(file)):
             subtask = str(require(row, "category", file, index))
             image_id = str(require(row, "question_id", file, index))
+            number = questions_per_image[image_id] = questions_per_image.get(image_id, -1) + 1
             records.append(
                 Record(
-                    question_id=f"{image_id}#{index}",
+                    question_id=f"{image_id}#{number}",
                     question=str(require(row, "question", file, index)).strip(),
                     answer=_answer(require(row, "answer", file, index), file, index),
                     image=table_image(require(row, "image", file, index), f"{file} record {index} field 'image'"),

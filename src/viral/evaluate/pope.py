@@ -12,8 +12,8 @@ PATH may also be one such file.
 Prompt (VIRAL's eval_pope.py): the question + " Answer with only 'yes' or 'no'."
 Parsing: the first standalone yes/no; anything else is unparsed (wrong, never "yes").
 Metrics per split, "yes" as the positive class: accuracy, precision = TP / said-yes,
-recall = TP / label-yes, F1, yes-ratio = said-yes / all; the paper's number is the mean accuracy
-of the random and popular splits.
+recall = TP / label-yes, F1, yes-ratio = said-yes / all; the paper's number (`paper_accuracy`)
+is the mean accuracy of the random and popular splits (of the splits present if neither is).
 """
 
 from __future__ import annotations
