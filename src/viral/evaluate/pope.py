@@ -84,11 +84,14 @@ class POPE(Benchmark):
             if not files:
                 search_dirs = [data] + ([data / "coco"] if (data / "coco").is_dir() else [])
                 files = sorted(
-                    file
-                    for folder in search_dirs
-                    for pattern in ("*.json", "*.jsonl")
-                    for file in folder.glob(pattern)
-                    if split_of(file.name)
+                    (
+                        file
+                        for folder in search_dirs
+                        for pattern in ("*.json", "*.jsonl")
+                        for file in folder.glob(pattern)
+                        if split_of(file.name)
+                    ),
+                    key=lambda file: (SPLITS.index(split_of(file.name)), file.name),
                 )
         if not files:
             raise DataError(
