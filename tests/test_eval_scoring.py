@@ -193,3 +193,18 @@ def test_unknown_benchmark_error_lists_the_known_names():
     assert "mmbench" in message
     assert all(name in message for name in BENCHMARKS)
     assert set(BENCHMARKS) == {"cvbench", "whatsup", "mmvp", "pope", "mme", "mmstar", "shapes"}
+
+
+def test_shapesbench_reads_what_viral_shapes_generate_writes(tmp_path):
+    from viral.data.shapes import generate
+
+    data = generate(tmp_path / "shapes", seed=0, n_train=1, n_eval=3, progress=False)
+    rows = [json.loads(line) for line in (data / "eval.jsonl").read_text().splitlines()]
+    gold = {row["question"]: row["answer"] for row in rows}
+    # a model that gives the gold answer of the question text, in the chatty way a real model might
+    # (the same question about two images can have two answers; only the last one is its reply)
+    summary = evaluate(FakeModel(lambda prompt: f"{gold[prompt].capitalize()}."), "shapes", data, progress=False)
+    expected_right = sum(gold[row["question"]] == row["answer"] for row in rows)
+    assert summary["counts"]["evaluated"] == len(rows)
+    assert summary["counts"]["correct"] == expected_right > 0
+    assert set(summary["metrics"]) == {"accuracy"} | {row["type"] for row in rows}
