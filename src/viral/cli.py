@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "viral.commands.train",
     "viral.commands.infer",
     "viral.commands.shapes",
+    "viral.commands.eval",
     "viral.commands.demo",
 ]
 
