@@ -123,7 +123,8 @@ class TrainConfig:
     fsdp: str = ""
     fsdp_config: str | None = None
     dataloader_num_workers: int = 0
-    init_from: str | None = None  # folder of an earlier `viral train` run to start from (e.g. pretrain -> finetune)
+    max_bad_steps: int = 5  # consecutive NaN/inf-loss steps (each skipped) before the run stops
+    overwrite_output_dir: bool = False  # allow writing over a finished run or its checkpoints
 
 
 @dataclass

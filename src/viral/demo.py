@@ -23,6 +23,7 @@ def run_demo(out_dir: str | Path, config_path: str | Path = "configs/tiny-shapes
         generate(data, seed=0, n_train=n_train, n_eval=n_eval)
     run_dir = out / "viral"
     config = load_config(config_path, [f"output_dir={run_dir}", f"data.path={data / 'train.json'}",
+                                       "train.overwrite_output_dir=true",
                                        *(overrides or [])])
     train(config)
     metrics = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines()]

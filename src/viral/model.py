@@ -241,6 +241,22 @@ def corpus_texts(path: str | Path) -> list[str]:
     return texts
 
 
+def model_dimensions(cfg: ModelConfig) -> tuple[int, int]:
+    """(LLM layers, vision hidden size) from configs alone, without loading any weights."""
+    if cfg.preset == "tiny":
+        return cfg.num_layers, cfg.vision_hidden_size
+    try:
+        if cfg.preset == "llava":
+            config = AutoConfig.from_pretrained(cfg.model_path)
+            return config.text_config.num_hidden_layers, config.vision_config.hidden_size
+        llm = AutoConfig.from_pretrained(cfg.llm)
+        vision = AutoConfig.from_pretrained(cfg.vision_tower)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read the model's config: {err}") from err
+    vision = getattr(vision, "vision_config", vision)
+    return llm.num_hidden_layers, vision.hidden_size
+
+
 def build_model(cfg: ModelConfig, output_dir: str | Path, data_path: str | None = None, dtype=torch.float32):
     """Build or load the MLLM for training as `cfg` says; returns (model, processor)."""
     if cfg.preset == "llava":

@@ -28,11 +28,19 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from viral.align.capture import LayerCapture
 from viral.align.losses import get_alignment_loss
 from viral.align.projector import AlignmentHead
-from viral.align.teachers import Teacher, build_teacher
+from viral.align.teachers import Teacher, build_teacher, teacher_feature_dim
 from viral.config import ConfigError, ExperimentConfig
 from viral.data.llava import LlavaCollator, LlavaDataset
 from viral.data.templates import resolve_template
-from viral.model import build_model, image_grid, num_image_tokens
+from viral.model import build_model, image_grid, model_dimensions, num_image_tokens
+from viral.resilience import (
+    NonFiniteGuard,
+    SigtermCheckpoint,
+    TrainingInterrupted,
+    check_output_dir,
+    remove_stale_staging,
+    save_checkpoint_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,7 @@ class ViralTrainingModel(nn.Module):
     """The llava-hf model (possibly peft-wrapped) plus, when VIRAL is on, the alignment head."""
 
     _keys_to_ignore_on_save = None  # read by the Trainer's checkpoint code
+    accepts_loss_kwargs = True  # the Trainer counts supervised tokens per optimizer step and passes them in
 
     def __init__(self, mllm: nn.Module, llava: nn.Module, alignment_head: AlignmentHead | None = None,
                  vra_weight: float = 0.5, alignment_loss: str = "cosine"):
@@ -64,30 +73,40 @@ class ViralTrainingModel(nn.Module):
         if self.capture is not None and self.capture.mask is not None:
             self._encoder_features = args[0].detach()  # [B_img, N, D_v]: z, CLS dropped
 
-    def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None,
-                teacher_features=None) -> dict[str, torch.Tensor]:
-        if self.alignment_head is None:
-            out = self.mllm(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                            pixel_values=pixel_values)
-            return {"loss": out.loss, "loss_lm": out.loss.detach()}
+    def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, teacher_features=None,
+                num_items_in_batch=None, num_images_in_batch=None) -> dict[str, torch.Tensor]:
+        """Loss terms. With `num_items_in_batch` (supervised tokens) and `num_images_in_batch` (image samples)
+        counted over the whole optimizer step (all accumulation steps and ranks), the returned `loss` is this
+        micro-batch's share of the exact step mean; without them, micro-batch means."""
+        lm_kwargs = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
         image_mask = input_ids == self.image_token_id  # [B, T]
-        self.capture.arm(image_mask)
+        if self.capture is not None:
+            self.capture.arm(image_mask)
         try:
             out = self.mllm(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                            pixel_values=pixel_values)
+                            pixel_values=pixel_values, **lm_kwargs)
         finally:
-            states = self.capture.collect()  # {layer: [B_img, N, D]}
+            states = self.capture.collect() if self.capture is not None else {}  # {layer: [B_img, N, D]}
             encoder_features, self._encoder_features = self._encoder_features, None
+        local_tokens = (labels[:, 1:] != -100).sum() if labels is not None else torch.tensor(0)
+        lm_sum = out.loss.detach() * (num_items_in_batch if num_items_in_batch is not None else local_tokens)
+        result = {"loss": out.loss, "lm_sum": lm_sum, "lm_count": local_tokens.detach()}
+        if self.alignment_head is None:
+            return result
         targets = teacher_features if teacher_features is not None else encoder_features  # [B_img, N, D_z]
-        if not states or targets is None or next(iter(states.values())).shape[0] == 0:
-            # no image in this batch: zero loss that still touches the head (keeps DDP's reducer happy)
+        images = int(image_mask.any(dim=1).sum())
+        if not states or targets is None or images == 0:
+            # no image in this micro-batch: a zero that still touches the head (keeps DDP's reducer happy)
             loss_vra = sum(p.sum() for p in self.alignment_head.parameters()) * 0.0
         else:
             projected = self.alignment_head(states)
             losses = [self.loss_fn(projected[layer], targets.to(projected[layer].dtype)) for layer in projected]
-            loss_vra = torch.stack(losses).mean()
-        loss = out.loss + self.vra_weight * loss_vra
-        return {"loss": loss, "loss_lm": out.loss.detach(), "loss_vra": loss_vra.detach()}
+            loss_vra = torch.stack(losses).mean()  # mean over this micro-batch's image samples and layers
+        share = images / num_images_in_batch if num_images_in_batch else 1.0
+        result["loss"] = out.loss + self.vra_weight * loss_vra * share
+        result["vra_sum"] = loss_vra.detach() * images
+        result["vra_count"] = torch.tensor(images)
+        return result
 
 
 class MetricsJsonlCallback(TrainerCallback):
@@ -112,34 +131,68 @@ class ViralTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.teacher = teacher
         self.projector_lr = projector_lr
-        self._sums = {"loss_lm": 0.0, "loss_vra": 0.0}
-        self._count = 0
+        self._sums = self._zero_sums()
         self.num_skipped = 0
+        self.num_images_in_batch: torch.Tensor | None = None
+        self.bad_step_records: list[int] | None = None  # set when a micro-batch of this step had a NaN/inf loss
+
+    @staticmethod
+    def _zero_sums() -> dict[str, float]:
+        return {"lm_sum": 0.0, "lm_count": 0.0, "vra_sum": 0.0, "vra_count": 0.0}
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """Supervised tokens (the Trainer's count) and, beside it, image samples of the whole optimizer step."""
+        num_items = super()._get_num_items_in_batch(batch_samples, device)
+        token_id = self.accelerator.unwrap_model(self.model).image_token_id
+        images = sum(int((b["input_ids"] == token_id).any(dim=1).sum()) for b in batch_samples)
+        images = torch.tensor(images, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            images = self.accelerator.gather(images).sum()
+        self.num_images_in_batch = images
+        return num_items
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
-        inputs.pop("record_index", None)
+        records = inputs.pop("record_index", None)
         self.num_skipped += int(inputs.pop("num_skipped", 0) or 0)
         teacher_pixels = inputs.pop("teacher_pixel_values", None)
         if teacher_pixels is not None and self.teacher is not None and "teacher_features" not in inputs:
             inputs["teacher_features"] = self.teacher(teacher_pixels)  # [B_img, N, D_z], no grad
+        if num_items_in_batch is not None:
+            inputs["num_items_in_batch"] = num_items_in_batch
+            inputs["num_images_in_batch"] = self.num_images_in_batch
         outputs = model(**inputs)
-        self._count += 1
-        self._sums["loss_lm"] += float(outputs["loss_lm"])
-        if "loss_vra" in outputs:
-            self._sums["loss_vra"] += float(outputs["loss_vra"])
-        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+        loss = outputs["loss"]
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks
+        finite = bool(torch.isfinite(outputs["lm_sum"])) and bool(torch.isfinite(outputs.get("vra_sum", torch.tensor(0.0))))
+        if not finite:
+            self.bad_step_records = (self.bad_step_records or []) + list(records or [])
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            loss = sum((p * 0.0).sum() for p in trainable)  # zero gradients; NonFiniteGuard drops the update
+        else:
+            for key in self._sums:
+                if key in outputs:
+                    self._sums[key] += float(outputs[key])
+        return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if "loss" in logs and self._count:
-            logs["loss_lm"] = self._sums["loss_lm"] / self._count
+        if "loss" in logs:
+            sums = torch.tensor([self._sums[k] for k in ("lm_sum", "lm_count", "vra_sum", "vra_count")],
+                                dtype=torch.float64, device=self.args.device)
+            if self.args.world_size > 1:
+                sums = self.accelerator.reduce(sums, reduction="sum")
+            lm_sum, lm_count, vra_sum, vra_count = sums.tolist()
+            logs["loss_lm"] = lm_sum / lm_count if lm_count else None
             aligned = getattr(self.accelerator.unwrap_model(self.model), "alignment_head", None) is not None
-            logs["loss_vra"] = self._sums["loss_vra"] / self._count if aligned else None
+            logs["loss_vra"] = (vra_sum / vra_count if vra_count else None) if aligned else None
             if self.num_skipped:
                 logs["skipped_records"] = self.num_skipped
-            self._sums = {"loss_lm": 0.0, "loss_vra": 0.0}
-            self._count = 0
+            self._sums = self._zero_sums()
         super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
 
     def create_optimizer(self, model=None):
         """AdamW (or `args.optim`) with the vision projector in its own group at `projector_lr`."""
@@ -266,10 +319,29 @@ def trim_metrics(path: Path, resume_from_checkpoint: str | None) -> None:
     path.write_text("".join(row + "\n" for row in rows))
 
 
-def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any]]:
-    """Everything needed to train `config`: the trainer and the parts `export` needs."""
+def preflight(config: ExperimentConfig) -> None:
+    """Config errors that need no model weights: data file, output folder, teacher id, layers, z_dim."""
     if config.data.path is None:
         raise ConfigError("data.path is not set: point it at a LLaVA-format JSON file")
+    if not Path(config.data.path).is_file():
+        raise ConfigError(f"data.path {config.data.path} does not exist")
+    check_output_dir(config.output_dir, config.train.resume_from_checkpoint, config.train.overwrite_output_dir)
+    if not config.align.vra_loss:
+        return
+    num_layers, vision_hidden = model_dimensions(config.model)
+    bad = [layer for layer in config.align.target_layers if not 0 <= layer <= num_layers]
+    if bad:
+        raise ConfigError(f"align.target_layers {bad} out of range 0..{num_layers} for this LLM "
+                          f"({num_layers} layers); the paper's 16 of 32 is the middle")
+    z_dim = teacher_feature_dim(config.align.vra_target, vision_hidden)
+    if config.align.z_dim is not None and config.align.z_dim != z_dim:
+        raise ConfigError(f"align.z_dim is {config.align.z_dim} but teacher {config.align.vra_target!r} "
+                          f"gives {z_dim}-dim features; remove z_dim or set it to {z_dim}")
+
+
+def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any]]:
+    """Everything needed to train `config`: the trainer and the parts `export` needs."""
+    preflight(config)
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     dtype = torch.bfloat16 if config.train.bf16 else torch.float32
     llava, processor = build_model(config.model, config.output_dir, data_path=config.data.path)
@@ -314,6 +386,7 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
         projector_lr=config.train.projector_lr,
     )
     trainer.num_skipped = dataset.num_skipped
+    trainer.add_callback(NonFiniteGuard(trainer, config.train.max_bad_steps))
     parts = {"llava": llava, "mllm": mllm, "processor": processor, "head": head, "template": template,
              "teacher": teacher, "dataset": dataset}
     return trainer, parts
@@ -355,7 +428,15 @@ def train(config: ExperimentConfig) -> Path:
     """Train as `config` says and export the result to `config.output_dir`."""
     trainer, parts = build_trainer(config)
     config.save(Path(config.output_dir) / RUN_CONFIG_NAME)
-    trainer.train(resume_from_checkpoint=config.train.resume_from_checkpoint)
-    if parts["dataset"].num_skipped or trainer.num_skipped:
+    remove_stale_staging(config.output_dir)
+    sigterm = SigtermCheckpoint()
+    trainer.add_callback(sigterm)
+    try:
+        trainer.train(resume_from_checkpoint=config.train.resume_from_checkpoint)
+    finally:
+        sigterm.restore()
+    if sigterm.step is not None:
+        raise TrainingInterrupted(str(Path(config.output_dir) / f"checkpoint-{sigterm.step}"), sigterm.step)
+    if trainer.num_skipped:
         logger.warning("skipped %d bad record(s) in all", trainer.num_skipped)
     return export(config, parts)

@@ -192,6 +192,20 @@ def resolve_teacher_spec(spec: str) -> tuple[str, str | None]:
     raise ConfigError(f"unknown teacher id {spec!r} in align.vra_target; known: {known}")
 
 
+def teacher_feature_dim(spec: str, vision_hidden_size: int) -> int:
+    """The teacher's feature width from its config alone (no weights loaded); errors name the teacher."""
+    family, source = resolve_teacher_spec(spec)
+    if family == "encoder":
+        return int(vision_hidden_size)
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"align.vra_target {spec!r}: cannot read its config ({err})") from err
+    return int(config.hidden_size)
+
+
 def build_teacher(spec: str, student_grid: tuple[int, int], vision_hidden_size: int | None = None,
                   device=None, dtype=torch.float32) -> Teacher:
     """A frozen teacher for `spec` whose features land on `student_grid`."""

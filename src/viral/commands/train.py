@@ -18,9 +18,14 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from viral.config import load_config
+    from viral.resilience import TrainingInterrupted
     from viral.train import train
 
     config = load_config(args.config, args.overrides)
-    out = train(config)
+    try:
+        out = train(config)
+    except TrainingInterrupted as stop:
+        print(stop)
+        return 143  # 128 + SIGTERM, what schedulers expect from a terminated job
     print(f"checkpoint: {out}")
     return 0

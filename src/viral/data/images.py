@@ -41,8 +41,19 @@ def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Im
     return canvas
 
 
+MAX_SIDE = 1024  # larger images are shrunk first: every encoder here reads at most 1024 px (SAM)
+
+
 def apply_aspect(image: Image.Image, aspect: str, image_processor) -> Image.Image:
-    """`pad`: pad to square with the processor's mean colour; `square`: leave it to the processor's resize."""
+    """`pad`: pad to square with the processor's mean colour; `square`: leave it to the processor's resize.
+
+    An image whose longer side exceeds MAX_SIDE is shrunk (aspect kept) before padding, so a
+    10000x10 strip costs a 1024x1024 canvas, not a 10000x10000 one.
+    """
+    if max(image.size) > MAX_SIDE:
+        scale = MAX_SIDE / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.BICUBIC)
     if aspect == "pad":
         return expand_to_square(image, mean_colour(image_processor))
     if aspect == "square":

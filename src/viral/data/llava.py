@@ -46,11 +46,26 @@ def read_records(path: str | Path) -> list[Any]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, "path", "data file does not exist")
-    text = path.read_text(encoding="utf-8", errors="strict")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n")
+        index = line if path.suffix == ".jsonl" else None
+        raise DataError(path, index, "text", f"not UTF-8 at byte {err.start} (line {line + 1})") from err
     try:
         if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            records = []
+            for line_number, line in enumerate(text.splitlines()):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise DataError(path, len(records), "record", f"line {line_number + 1} is not JSON: {err}") from err
+            return records
         records = json.loads(text)
+    except RecursionError as err:
+        raise DataError(path, None, "path", "JSON nested too deeply") from err
     except json.JSONDecodeError as err:
         raise DataError(path, None, "path", f"not valid JSON: {err}") from err
     if not isinstance(records, list):
