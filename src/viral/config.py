@@ -120,7 +120,7 @@ class TrainConfig:
     resume_from_checkpoint: str | None = None
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     deepspeed: str | None = None
-    fsdp: str = ""
+    fsdp: bool = False  # PyTorch FSDP (configure with fsdp_config, e.g. configs/fsdp-full-shard.json)
     fsdp_config: str | None = None
     dataloader_num_workers: int = 0
     max_bad_steps: int = 5  # consecutive NaN/inf-loss steps (each skipped) before the run stops

@@ -270,6 +270,9 @@ def build_model(cfg: ModelConfig, output_dir: str | Path, data_path: str | None 
     for item in str(corpus).split(","):
         texts += corpus_texts(item)
     tiny_dir = Path(cfg.tiny_dir) if cfg.tiny_dir else Path(output_dir) / "base_model"
-    if not (tiny_dir / "config.json").is_file():
-        build_tiny(texts, cfg, tiny_dir)
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():  # under torchrun, rank 0 builds; the others load it
+        if not (tiny_dir / "config.json").is_file():
+            build_tiny(texts, cfg, tiny_dir)
     return load_llava(tiny_dir, dtype=dtype, attn_implementation=cfg.attn_implementation)

@@ -297,7 +297,7 @@ def training_arguments(config: ExperimentConfig) -> TrainingArguments:
         data_seed=t.seed,
         report_to=t.report_to,
         deepspeed=t.deepspeed,
-        fsdp=t.fsdp,
+        fsdp=t.fsdp or None,
         fsdp_config=t.fsdp_config,
         dataloader_num_workers=t.dataloader_num_workers,
         remove_unused_columns=False,
@@ -326,6 +326,9 @@ def preflight(config: ExperimentConfig) -> None:
     if not Path(config.data.path).is_file():
         raise ConfigError(f"data.path {config.data.path} does not exist")
     check_output_dir(config.output_dir, config.train.resume_from_checkpoint, config.train.overwrite_output_dir)
+    if config.train.fsdp and not torch.cuda.is_available():
+        raise ConfigError("train.fsdp needs CUDA GPUs: transformers' Trainer runs FSDP only in GPU distributed "
+                          "training; on CPUs use DDP (torchrun without train.fsdp)")
     if not config.align.vra_loss:
         return
     num_layers, vision_hidden = model_dimensions(config.model)
