@@ -19,6 +19,8 @@ The `linear` projector is stored in llava-hf's two-layer projector with an ident
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -270,9 +272,13 @@ def build_model(cfg: ModelConfig, output_dir: str | Path, data_path: str | None 
     for item in str(corpus).split(","):
         texts += corpus_texts(item)
     tiny_dir = Path(cfg.tiny_dir) if cfg.tiny_dir else Path(output_dir) / "base_model"
-    from accelerate import PartialState
-
-    with PartialState().main_process_first():  # under torchrun, rank 0 builds; the others load it
-        if not (tiny_dir / "config.json").is_file():
-            build_tiny(texts, cfg, tiny_dir)
+    if not (tiny_dir / "config.json").is_file():
+        # build aside, then rename into place: with several processes (torchrun) the first complete
+        # build wins and every process loads that same folder
+        staging = tiny_dir.parent / f".{tiny_dir.name}.staging-{os.getpid()}"
+        build_tiny(texts, cfg, staging)
+        try:
+            os.rename(staging, tiny_dir)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
     return load_llava(tiny_dir, dtype=dtype, attn_implementation=cfg.attn_implementation)
