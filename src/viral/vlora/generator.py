@@ -45,7 +45,7 @@ class WeightTypeStack(nn.Module):
     def forward(self, memory: torch.Tensor) -> torch.Tensor:
         """memory `[n, N, D]` (projected image features) → A `[n, k, d_in, r]`."""
         n = memory.shape[0]
-        h = self.queries.expand(n, -1, -1)  # [n, k, D]
+        h = self.queries.repeat(n, 1, 1)  # [n, k, D] (a copy: a view of a leaf would keep requires_grad under no_grad)
         for block in self.blocks:
             h = block(h, memory)  # [n, k, D]
         a = self.head(self.norm(h))  # [n, k, d_in * r]
