@@ -49,6 +49,16 @@ class ModelConfig:
     vision_layers: int = 4  # tiny preset only
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
     seed: int = 0  # initialisation seed of the tiny preset
+    # How the image reaches the LLM: `llava` (projected image tokens in the input) or `vlora`
+    # (per-sample low-rank weights of the LLM, arXiv 2405.20339; see viral.vlora). vlora_* fields: vlora only.
+    connector: str = "llava"
+    vlora_rank: int = 64  # r of the perceptual weights
+    vlora_alpha: float = 64.0  # scale = alpha / r
+    vlora_hidden_size: int = 512  # D, width of the generator
+    vlora_depth: int = 8  # decoder blocks per weight type
+    vlora_num_heads: int = 8  # attention heads of the generator
+    vlora_skip_layers: int = 4  # one update every n-th LLM layer, the first at 0-based n-1
+    vlora_types: str = "qkvom"  # weight types updated: q, k, v, o projections and m (the MLP)
 
 
 @dataclass
@@ -290,6 +300,17 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError("model.preset is 'compose': set both model.llm and model.vision_tower")
     if config.model.projector_type not in ("mlp2x_gelu", "linear"):
         raise ConfigError(f"model.projector_type is {config.model.projector_type!r}; choose mlp2x_gelu or linear")
+    if config.model.connector not in ("llava", "vlora"):
+        raise ConfigError(f"model.connector is {config.model.connector!r}; choose llava or vlora")
+    if config.model.connector == "vlora":
+        if config.align.vra_loss:
+            raise ConfigError("align.vra_loss needs image tokens in the LLM; model.connector 'vlora' has none: "
+                              "set align.vra_loss=false or model.connector=llava")
+        bad_types = sorted(set(config.model.vlora_types) - set("qkvom"))
+        if bad_types or not config.model.vlora_types:
+            raise ConfigError(f"model.vlora_types is {config.model.vlora_types!r}; use letters of 'qkvom'")
+        if config.model.vlora_skip_layers < 1 or config.model.vlora_rank < 1:
+            raise ConfigError("model.vlora_skip_layers and model.vlora_rank must be >= 1")
     if config.data.image_aspect not in ("pad", "square"):
         raise ConfigError(f"data.image_aspect is {config.data.image_aspect!r}; choose pad or square")
     if config.train.stage not in ("pretrain", "finetune"):

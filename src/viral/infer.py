@@ -34,6 +34,10 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, model_path: str, device: str | None = None, dtype: str | None = None) -> "Predictor":
         """Load a folder written by `viral train` or any llava-hf checkpoint (hub id or path)."""
+        if (Path(model_path) / "vlora_generator.safetensors").is_file():  # connector: vlora
+            from viral.vlora.predict import VLoRAPredictor
+
+            return VLoRAPredictor.from_pretrained(model_path, device=device, dtype=dtype)
         torch_dtype = _dtype(dtype)
         model, processor = load_llava(model_path, dtype=torch_dtype)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

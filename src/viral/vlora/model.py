@@ -103,6 +103,10 @@ class VLoRAModel(nn.Module):
     def config(self):
         return self.llm.config
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.dtype
+
     def train(self, mode: bool = True) -> "VLoRAModel":
         super().train(mode)
         self.vision_tower.eval()  # frozen, always in eval mode
