@@ -66,3 +66,53 @@ def test_predictor_loads_a_vlora_checkpoint(tiny_llava_path, tmp_path):
     llava_predictor = Predictor.from_pretrained(tiny_llava_path, device="cpu", dtype="float32")
     [text_only] = llava_predictor.generate([None], ["How many red circles ?"], max_new_tokens=4, temperature=0.0)
     assert answers[1] == text_only
+
+
+VLORA_TINY = ["model.connector=vlora", "vlora_rank=4", "vlora_hidden_size=32", "vlora_depth=1", "vlora_num_heads=2",
+              "vlora_skip_layers=2"]
+
+
+def test_shapes_pretrain_then_finetune_end_to_end(tmp_path, shapes_dir):
+    from safetensors.torch import load_file
+
+    from conftest import train_overrides
+    from viral.cli import main
+    from viral.train import build_trainer, export
+
+    # Pre-training on captions: the generator learns, the LLM and the vision tower stay as built.
+    pre_cfg = load_config(None, train_overrides(tmp_path / "pre", shapes_dir, *VLORA_TINY, "train.stage=pretrain",
+                                                f"data.path={shapes_dir}/captions.json", "data.template=plain"))
+    trainer, parts = build_trainer(pre_cfg)
+    vlora = parts["vlora"]
+    batch = next(iter(trainer.get_train_dataloader()))
+    image_token = parts["processor"].tokenizer.convert_tokens_to_ids("<image>")
+    assert batch["has_image"].all() and not (batch["input_ids"] == image_token).any()
+    trainable = {n for n, p in vlora.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("generator.") for n in trainable)
+    llm_before = {k: v.clone() for k, v in vlora.llm.state_dict().items()}
+    generator_before = {k: v.clone() for k, v in vlora.generator.state_dict().items()}
+    trainer.train()
+    assert all(torch.equal(llm_before[k], v) for k, v in vlora.llm.state_dict().items())
+    assert not torch.equal(generator_before["lora_B.q"], vlora.generator.lora_B["q"])
+    pre = export(pre_cfg, parts)
+    assert VLoRAModel.is_checkpoint(pre)
+
+    # Fine-tuning with LoRA from the pre-trained generator: generator and adapters learn.
+    fin_cfg = load_config(None, train_overrides(tmp_path / "fin", shapes_dir, *VLORA_TINY, "train.stage=finetune",
+                                                "train.finetune_mode=lora", f"train.init_from={pre}"))
+    trainer, parts = build_trainer(fin_cfg)
+    vlora = parts["vlora"]
+    saved = load_file(str(pre / "vlora_generator.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in vlora.generator.state_dict().items())
+    trainable = {n for n, p in vlora.named_parameters() if p.requires_grad}
+    assert any(n.startswith("generator.") for n in trainable) and any("lora_A" in n for n in trainable)
+    assert not any(n.startswith("vision_tower.") for n in trainable)
+    trainer.train()
+    fin = export(fin_cfg, parts)
+    rows = (tmp_path / "fin" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 4
+    assert not any("lora" in k for k in load_file(str(fin / "model.safetensors")))  # merged, plain LLM
+
+    image = shapes_dir / "images" / "eval_000000.png"
+    assert main(["infer", "--model-path", str(fin), "--image-path", str(image), "--prompt", "How many circles ?",
+                 "--temperature", "0", "--max-new-tokens", "3"]) == 0

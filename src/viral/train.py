@@ -345,6 +345,10 @@ def preflight(config: ExperimentConfig) -> None:
 def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any]]:
     """Everything needed to train `config`: the trainer and the parts `export` needs."""
     preflight(config)
+    if config.model.connector == "vlora":  # images as LLM weights: viral.vlora
+        from viral.vlora.train import build_vlora_trainer
+
+        return build_vlora_trainer(config)
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     dtype = torch.bfloat16 if config.train.bf16 else torch.float32
     llava, processor = build_model(config.model, config.output_dir, data_path=config.data.path)
@@ -399,6 +403,10 @@ def export(config: ExperimentConfig, parts: dict[str, Any], output_dir: str | Pa
     """Write the plain llava-hf checkpoint (LoRA merged), processor, alignment head and resolved config."""
     out = Path(output_dir or config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if "vlora" in parts:
+        from viral.vlora.train import export_vlora
+
+        return export_vlora(config, parts, out)
     mllm = parts["mllm"]
     llava = mllm.merge_and_unload() if hasattr(mllm, "merge_and_unload") else mllm
     llava.save_pretrained(out)
