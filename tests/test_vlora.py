@@ -238,3 +238,21 @@ def test_bad_inputs_raise_clear_errors():
     input_ids, pixel_values = batch()
     with pytest.raises(ValueError, match="pixel_values has 2 images"):
         model(input_ids, pixel_values=pixel_values[:2], has_image=torch.tensor([True, False, False]))
+
+
+def test_gradient_checkpointing_recomputes_with_the_same_updates():
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_vlora(tiny_llm(gqa=True))
+        randomise_b(model)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        input_ids, pixel_values = batch()
+        has_image = torch.tensor([True, False, True])
+        model(input_ids, pixel_values=pixel_values, has_image=has_image, labels=input_ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    plain, checkpointed = grads
+    assert plain.keys() == checkpointed.keys() and any(n.startswith("generator.stacks") for n in plain)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)

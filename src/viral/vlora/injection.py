@@ -13,7 +13,7 @@ so a peft LoRA wrapper added later (which calls the same module as `base_layer`)
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -115,6 +115,20 @@ class LowRankInjector:
         """Apply the given factors to every forward inside the block; rows without an image stay unchanged."""
         previous = self._updates
         self._updates = _Updates(a, b, rows, batch_size, scale)
+        try:
+            yield
+        finally:
+            self._updates = previous
+
+    def checkpoint_contexts(self):
+        """`context_fn` for torch.utils.checkpoint (non-reentrant): the recomputation during backward,
+        which runs after `updates` has exited, sees the factors that were in force at forward time."""
+        return nullcontext(), self._restored(self._updates)
+
+    @contextmanager
+    def _restored(self, updates: _Updates | None) -> Iterator[None]:
+        previous = self._updates
+        self._updates = updates
         try:
             yield
         finally:

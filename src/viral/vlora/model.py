@@ -112,8 +112,16 @@ class VLoRAModel(nn.Module):
         self.vision_tower.eval()  # frozen, always in eval mode
         return self
 
-    def gradient_checkpointing_enable(self, **kwargs) -> None:
-        self.llm.gradient_checkpointing_enable(**kwargs)
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Checkpoint the LLM's decoder layers; the recomputation in backward re-applies each batch's
+        updates (non-reentrant checkpointing with the injector's context_fn)."""
+        kwargs = {**(gradient_checkpointing_kwargs or {}), "use_reentrant": False,
+                  "context_fn": self.injector.checkpoint_contexts}
+        llm = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        if hasattr(llm, "activation_checkpointing_enable"):
+            llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     # ---- image path -------------------------------------------------------------------------
 

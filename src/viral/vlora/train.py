@@ -34,7 +34,11 @@ class VLoRATrainingModel(nn.Module):
     def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, has_image=None):
         out = self.vlora(input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
                          has_image=has_image, labels=labels)
-        return {"loss": out.loss, "loss_lm": out.loss.detach()}
+        loss = out.loss
+        if pixel_values is None or (has_image is not None and not bool(has_image.any())):
+            # no image in this batch: touch the generator with a zero term (keeps DDP's reducer happy)
+            loss = loss + 0.0 * sum(p.sum() for p in self.vlora.generator.parameters() if p.requires_grad)
+        return {"loss": loss, "loss_lm": out.loss.detach()}
 
 
 class VLoRACollator:
