@@ -99,7 +99,8 @@ def test_shapes_pretrain_then_finetune_end_to_end(tmp_path, shapes_dir):
 
     # Fine-tuning with LoRA from the pre-trained generator: generator and adapters learn.
     fin_cfg = load_config(None, train_overrides(tmp_path / "fin", shapes_dir, *VLORA_TINY, "train.stage=finetune",
-                                                "train.finetune_mode=lora", f"train.init_from={pre}"))
+                                                "train.finetune_mode=lora", "model.preset=llava",
+                                                f"model.model_path={pre}"))
     trainer, parts = build_trainer(fin_cfg)
     vlora = parts["vlora"]
     saved = load_file(str(pre / "vlora_generator.safetensors"))
@@ -116,3 +117,7 @@ def test_shapes_pretrain_then_finetune_end_to_end(tmp_path, shapes_dir):
     image = shapes_dir / "images" / "eval_000000.png"
     assert main(["infer", "--model-path", str(fin), "--image-path", str(image), "--prompt", "How many circles ?",
                  "--temperature", "0", "--max-new-tokens", "3"]) == 0
+    results = tmp_path / "eval" / "results.json"
+    assert main(["eval", "--model-path", str(fin), "--benchmark", "shapes", "--data", str(shapes_dir),
+                 "--output", str(results), "--limit", "8", "--no-progress"]) == 0
+    assert results.is_file() and (results.parent / "predictions.jsonl").is_file()

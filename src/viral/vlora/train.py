@@ -18,27 +18,45 @@ from torch import nn
 from viral.config import ExperimentConfig
 from viral.data.llava import LlavaCollator, LlavaDataset
 from viral.data.templates import IMAGE_TOKEN, resolve_template
-from viral.train import METRICS_NAME, RUN_CONFIG_NAME, MetricsJsonlCallback, ViralTrainer, training_arguments
+from viral.resilience import NonFiniteGuard
+from viral.train import (
+    METRICS_NAME,
+    RUN_CONFIG_NAME,
+    MetricsJsonlCallback,
+    ViralTrainer,
+    training_arguments,
+    trim_metrics,
+)
 
 from .build import build_vlora
 from .model import VLoRAModel
 
 
 class VLoRATrainingModel(nn.Module):
-    """What the trainer optimises: the VLoRA model; forward returns the loss terms the trainer logs."""
+    """What the trainer optimises: the VLoRA model, returning the loss terms `ViralTrainer` logs."""
+
+    _keys_to_ignore_on_save = None  # read by the Trainer's checkpoint code
+    accepts_loss_kwargs = True  # the Trainer counts supervised tokens per optimizer step and passes them in
+    image_token_id = -1  # VLoRA sequences hold no image token (the trainer's image count is 0: no VRA term)
 
     def __init__(self, vlora: VLoRAModel):
         super().__init__()
         self.vlora = vlora
 
-    def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, has_image=None):
+    def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, has_image=None,
+                num_items_in_batch=None, num_images_in_batch=None) -> dict[str, torch.Tensor]:
+        """L_LM; with `num_items_in_batch` (supervised tokens of the whole optimizer step) this micro-batch's
+        share of the exact step mean, as the llava connector's training model."""
+        lm_kwargs = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
         out = self.vlora(input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                         has_image=has_image, labels=labels)
+                         has_image=has_image, labels=labels, **lm_kwargs)
         loss = out.loss
         if pixel_values is None or (has_image is not None and not bool(has_image.any())):
-            # no image in this batch: touch the generator with a zero term (keeps DDP's reducer happy)
+            # no image in this micro-batch: a zero that still touches the generator (keeps DDP's reducer happy)
             loss = loss + 0.0 * sum(p.sum() for p in self.vlora.generator.parameters() if p.requires_grad)
-        return {"loss": loss, "loss_lm": out.loss.detach()}
+        local_tokens = (labels[:, 1:] != -100).sum() if labels is not None else torch.tensor(0)
+        lm_sum = out.loss.detach() * (num_items_in_batch if num_items_in_batch is not None else local_tokens)
+        return {"loss": loss, "lm_sum": lm_sum, "lm_count": local_tokens.detach()}
 
 
 class VLoRACollator:
@@ -76,10 +94,8 @@ def build_vlora_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[st
     """Trainer and export parts for `connector: vlora` (called by `viral.train.build_trainer`)."""
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     dtype = torch.bfloat16 if config.train.bf16 else torch.float32
-    model_cfg = config.model
-    if config.train.init_from:  # e.g. finetune from a VLoRA pretrain run
-        model_cfg = type(model_cfg)(**{**model_cfg.__dict__, "model_path": config.train.init_from})
-    vlora, processor = build_vlora(model_cfg, config.output_dir, data_path=config.data.path, dtype=dtype)
+    # model.model_path naming a VLoRA run (e.g. the pre-training stage's) continues from it
+    vlora, processor = build_vlora(config.model, config.output_dir, data_path=config.data.path, dtype=dtype)
     if config.train.gradient_checkpointing:
         vlora.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     configure_vlora_trainable(config, vlora)
@@ -92,8 +108,7 @@ def build_vlora_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[st
         skip_bad_records=config.data.skip_bad_records,
     )
     metrics_path = Path(config.output_dir) / METRICS_NAME
-    if not config.train.resume_from_checkpoint and metrics_path.exists():
-        metrics_path.unlink()
+    trim_metrics(metrics_path, config.train.resume_from_checkpoint)
     trainer = ViralTrainer(
         model=VLoRATrainingModel(vlora),
         args=training_arguments(config),
@@ -103,6 +118,7 @@ def build_vlora_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[st
         projector_lr=None,  # one learning rate for generator and LLM, as the reference
     )
     trainer.num_skipped = dataset.num_skipped
+    trainer.add_callback(NonFiniteGuard(trainer, config.train.max_bad_steps))
     parts = {"vlora": vlora, "processor": processor, "template": template, "dataset": dataset, "head": None,
              "teacher": None}
     return trainer, parts
