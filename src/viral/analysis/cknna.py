@@ -1,0 +1,88 @@
+"""CKNNA: mutual k-nearest-neighbour kernel alignment between two sets of features.
+
+Huh, Cheung, Wang, Isola (2024), "The Platonic Representation Hypothesis", arXiv 2405.07987,
+Sec. A.4: CKA restricted to pairs (i, j) that are k-nearest neighbours of each other in *both*
+representations, with the unbiased HSIC estimator of Song et al. (2012), JMLR 13, eq. 5.
+
+    alpha_ij   = 1[i != j, j in knn_K(i), j in knn_L(i)]           (knn by kernel value, self excluded)
+    Align(K,L) = HSIC_u(alpha * K, alpha * L)
+    CKNNA      = Align(K, L) / sqrt(Align_K(K, K) * Align_L(L, L))  (self-alignments use their own knn)
+
+with linear kernels K = A Aᵀ, L = B Bᵀ on L2-normalised rows (the paper's measurement pipeline).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _knn_mask(gram: torch.Tensor, k: int) -> torch.Tensor:
+    """[n, n] bool: row i marks the k samples with the largest kernel value to i, i itself excluded."""
+    n = gram.shape[0]
+    scores = gram.clone()
+    scores.fill_diagonal_(float("-inf"))
+    neighbours = scores.topk(k, dim=1).indices  # [n, k]
+    mask = torch.zeros(n, n, dtype=torch.bool, device=gram.device)
+    mask.scatter_(1, neighbours, True)
+    return mask
+
+
+def hsic_unbiased(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC estimator (Song et al. 2012, eq. 5) of two [m, m] kernel matrices, m >= 4.
+
+    HSIC_u = [tr(K~ L~) + 1ᵀK~1 · 1ᵀL~1 / ((m-1)(m-2)) - 2/(m-2) · 1ᵀ K~ L~ 1] / (m (m-3)),
+    where K~, L~ are K, L with zeroed diagonals.
+    """
+    m = K.shape[0]
+    Kt = K.clone()
+    Kt.fill_diagonal_(0)
+    Lt = L.clone()
+    Lt.fill_diagonal_(0)
+    trace_term = (Kt * Lt.T).sum()  # tr(K~ L~)
+    sum_term = Kt.sum() * Lt.sum() / ((m - 1) * (m - 2))
+    cross_term = 2.0 * (Kt.sum(dim=0) @ Lt.sum(dim=1)) / (m - 2)  # 1ᵀ K~ L~ 1
+    return (trace_term + sum_term - cross_term) / (m * (m - 3))
+
+
+def cknna(feats_a: torch.Tensor, feats_b: torch.Tensor, k: int = 10, *, normalize: bool = True) -> float:
+    """CKNNA between two representations of the same n samples: `feats_a` [n, d_a], `feats_b` [n, d_b].
+
+    1 when both induce the same kernel on their shared k-nearest-neighbour pairs, near 0 when unrelated.
+    Invariant to orthogonal transforms and isotropic scaling of either side. `normalize` L2-normalises
+    each row first, as the paper's measurement code does; computed in float64.
+    Returns NaN if a self-alignment is not positive (degenerate features, e.g. all rows equal).
+    """
+    if feats_a.ndim != 2 or feats_b.ndim != 2:
+        raise ValueError(
+            f"cknna expects two [n, d] tensors; got shapes {tuple(feats_a.shape)} and {tuple(feats_b.shape)}"
+        )
+    n = feats_a.shape[0]
+    if feats_b.shape[0] != n:
+        raise ValueError(f"cknna needs the same samples on both sides; got {n} and {feats_b.shape[0]} rows")
+    if n < 4:
+        raise ValueError(f"cknna needs at least 4 samples (unbiased HSIC); got {n}")
+    if not 2 <= k < n:
+        raise ValueError(f"cknna needs 2 <= k < n; got k={k} with n={n} samples")
+
+    a = feats_a.detach().to(torch.float64)
+    b = feats_b.detach().to(torch.float64)
+    if normalize:
+        a = F.normalize(a, dim=-1)
+        b = F.normalize(b, dim=-1)
+    K = a @ a.T  # [n, n]
+    L = b @ b.T  # [n, n]
+    mask_k = _knn_mask(K, k)
+    mask_l = _knn_mask(L, k)
+
+    def align(mask: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> float:
+        return float(hsic_unbiased(X * mask, Y * mask))
+
+    cross = align(mask_k & mask_l, K, L)
+    self_k = align(mask_k, K, K)
+    self_l = align(mask_l, L, L)
+    if self_k <= 0 or self_l <= 0:
+        return float("nan")
+    return cross / math.sqrt(self_k * self_l)
