@@ -86,3 +86,66 @@ def cknna(feats_a: torch.Tensor, feats_b: torch.Tensor, k: int = 10, *, normaliz
     if self_k <= 0 or self_l <= 0:
         return float("nan")
     return cross / math.sqrt(self_k * self_l)
+
+
+# --- layer-wise CKNNA of an MLLM (the VIRAL paper's Fig. 2) ---------------------------------------
+
+
+def layer_cknna(predictor, examples, k: int = 10, teacher=None, batch_size: int = 8) -> dict:
+    """CKNNA per LLM layer 0..L between the image-token states and reference features, per image
+    (n = the image's tokens), averaged over images.
+
+    References: "encoder" — the vision features z entering the projector; "teacher" — the features of
+    `teacher` (`.preprocess(images)`, `__call__(pixel_values) -> [B, N, D_z]` on the student grid).
+    Returns {"layers", "k", "n_images", "curves": {reference: {"mean": [...], "std": [...]}}}.
+    """
+    from viral.analysis.report import batches
+    from viral.analysis.states import image_states, num_llm_layers
+
+    model = predictor.model
+    layers = list(range(num_llm_layers(model) + 1))
+    scores: dict[str, list[list[float]]] = {}
+    for chunk in batches(list(examples), batch_size):
+        images = [example.image for example in chunk]
+        inputs = predictor.prepare(images, [example.question for example in chunk])
+        states = image_states(model, inputs, layers)
+        references = {"encoder": states["encoder"]}  # [B, N, D_z]
+        if teacher is not None:
+            with torch.no_grad():
+                pixels = teacher.preprocess(images)
+                references["teacher"] = teacher(pixels).detach().float().cpu()  # [B, N, D_t]
+        for name, reference in references.items():
+            per_layer = scores.setdefault(name, [[] for _ in layers])
+            for layer in layers:
+                for b in range(len(chunk)):
+                    per_layer[layer].append(cknna(states[layer][b], reference[b], k=k))
+    curves = {}
+    for name, per_layer in scores.items():
+        values = torch.tensor(per_layer, dtype=torch.float64)  # [L+1, n_images]
+        curves[name] = {
+            "mean": values.nanmean(dim=1).tolist(),
+            "std": values.std(dim=1).tolist() if values.shape[1] > 1 else [0.0] * len(layers),
+        }
+    return {"layers": layers, "k": k, "n_images": len(examples), "curves": curves}
+
+
+def plot_layer_cknna(results: dict[str, dict], path) -> None:
+    """One line per (checkpoint, reference) over LLM layers; `results` maps a checkpoint label to the
+    output of `layer_cknna`."""
+    from viral.analysis.report import new_figure, save_figure
+
+    fig = new_figure(figsize=(7, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    styles = {"encoder": "-", "teacher": "--"}
+    for label, result in results.items():
+        for reference, curve in result["curves"].items():
+            ax.plot(result["layers"], curve["mean"], styles.get(reference, ":"), marker="o", markersize=3,
+                    label=f"{label} vs {reference}")
+    first = next(iter(results.values()))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("LLM layer (0 = input embeddings)")
+    ax.set_ylabel(f"CKNNA (k={first['k']})")
+    ax.set_title(f"Image-token states vs reference features ({first['n_images']} images)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
