@@ -65,7 +65,7 @@ def test_layer_states_follow_the_layer_numbering(predictor, examples):
         projected = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
     assert states[0].shape == (2, 64, model.config.text_config.hidden_size)
     assert torch.allclose(states[0], torch.stack(list(projected)), atol=1e-5)
-    for layer in range(num_layers):  # the last entry of hidden_states is after the final norm
+    for layer in range(num_layers + 1):  # L: after the final norm, like transformers' hidden_states
         assert torch.allclose(states[layer], reference[layer][mask].reshape(2, 64, -1), atol=1e-5), layer
     assert states["encoder"].shape == (2, 64, model.config.vision_config.hidden_size)
 

@@ -19,15 +19,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from viral.align.capture import language_model_parts
+
 RESIDUAL_MODES = ("post_projection", "pre_projection")
 RESIDUAL_CONFIG = "residual.json"
 RESIDUAL_WEIGHTS = "residual.safetensors"
 
 
-def _decoder_layers(model) -> nn.ModuleList:
-    from viral.analysis.states import decoder_layers
-
-    return decoder_layers(model)
+def _base(model):
+    """The LlavaForConditionalGeneration inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 class ImageResidual(nn.Module):
@@ -37,7 +38,8 @@ class ImageResidual(nn.Module):
         super().__init__()
         if mode not in RESIDUAL_MODES:
             raise ValueError(f"residual mode {mode!r} is unknown; choose one of {', '.join(RESIDUAL_MODES)}")
-        blocks = _decoder_layers(model)
+        model = _base(model)
+        blocks = language_model_parts(model)[0]
         if not 1 <= int(layer) <= len(blocks):
             raise ValueError(f"residual layer {layer} is out of range 1..{len(blocks)} (output of decoder layer ℓ)")
         self.mode = mode

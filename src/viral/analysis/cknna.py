@@ -143,7 +143,7 @@ def plot_layer_cknna(results: dict[str, dict], path) -> None:
                     label=f"{label} vs {reference}")
     first = next(iter(results.values()))
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("LLM layer (0 = input embeddings)")
+    ax.set_xlabel("LLM layer (0 = input embeddings, L = after the final norm)")
     ax.set_ylabel(f"CKNNA (k={first['k']})")
     ax.set_title(f"Image-token states vs reference features ({first['n_images']} images)")
     ax.grid(alpha=0.3)
