@@ -178,6 +178,15 @@ def _run(argv):
     return args.func(args)
 
 
+def test_cknna_against_a_teacher_on_shapesworld(tmp_path, tiny_llava_path, shapes_dir, tiny_dinov2_path):
+    assert _run(["analyze", "cknna", "--model-path", tiny_llava_path, "--device", "cpu", "--dtype", "float32",
+                 "--data", str(shapes_dir / "eval.jsonl"), "--n-images", "4", "--teacher", tiny_dinov2_path,
+                 "--k", "5", "--out", str(tmp_path)]) == 0
+    result = next(iter(json.loads((tmp_path / "cknna.json").read_text())["results"].values()))
+    assert set(result["curves"]) == {"encoder", "teacher"}
+    assert result["n_images"] == 4 and len(result["curves"]["teacher"]["mean"]) == 5
+
+
 def test_analyze_commands_write_json_and_png(tmp_path, tiny_llava_path, data_file):
     image = str(data_file.parent / "images" / "0.png")
     common = ["--model-path", tiny_llava_path, "--device", "cpu", "--dtype", "float32"]

@@ -92,3 +92,32 @@ def test_unknown_mode_and_layer_are_named(predictor):
         attach_residual(predictor.model, "sideways", 1)
     with pytest.raises(ValueError, match="out of range 1..4"):
         attach_residual(predictor.model, "post_projection", 0)
+
+
+@pytest.mark.parametrize("mode", ["post_projection", "pre_projection"])
+def test_residual_run_trains_exports_and_reloads_through_predictor(tmp_path, shapes_dir, mode):
+    from conftest import train_overrides
+    from viral.config import load_config
+    from viral.train import train
+
+    config = load_config(None, train_overrides(tmp_path / "run", shapes_dir, f"align.residual={mode}",
+                                               "align.target_layers=[2]", "train.max_steps=2"))
+    out = train(config)
+    assert (out / "residual.json").is_file()
+    assert (out / "residual.safetensors").is_file() == (mode == "pre_projection")
+    predictor = Predictor.from_pretrained(str(out), device="cpu", dtype="float32")
+    inputs = predictor.prepare(_images(1), ["Is there a yellow circle ?"])
+    plain = LlavaForConditionalGeneration.from_pretrained(out)
+    with torch.no_grad():
+        assert not torch.allclose(predictor.model(**inputs).logits, plain(**inputs).logits, atol=1e-5)
+
+
+def test_residual_config_errors_are_named():
+    from viral.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="mutually exclusive"):
+        load_config(None, ["align.residual=post_projection", "align.vra_loss=true", "align.target_layers=[2]"])
+    with pytest.raises(ConfigError, match="choose post_projection"):
+        load_config(None, ["align.residual=sideways", "align.target_layers=[2]"])
+    with pytest.raises(ConfigError, match="one layer"):
+        load_config(None, ["align.residual=pre_projection", "align.target_layers=[2,3]"])

@@ -73,6 +73,9 @@ class AlignConfig:
     z_dim: int | None = None  # taken from the teacher when omitted
     use_multiple_projectors: bool = False
     alignment_loss: str = "cosine"  # cosine | relation
+    # The paper's residual baselines instead of the VRA loss: add P(z) (post_projection) or a learned
+    # linear adapter of z (pre_projection) to the image-token states after layer target_layers[0].
+    residual: str | None = None  # null | post_projection | pre_projection
 
     def validate(self) -> None:
         if self.alignment_loss not in ("cosine", "relation"):
@@ -85,6 +88,17 @@ class AlignConfig:
             raise ConfigError(f"align.target_layers {self.target_layers} has a negative layer; use 0..num_layers")
         if self.vra_weight < 0:
             raise ConfigError(f"align.vra_weight is {self.vra_weight}; it must be >= 0")
+        if self.residual is not None:
+            if self.residual not in ("post_projection", "pre_projection"):
+                raise ConfigError(
+                    f"align.residual is {self.residual!r}; choose post_projection, pre_projection or null"
+                )
+            if self.vra_loss:
+                raise ConfigError("align.residual and align.vra_loss are mutually exclusive: the residual "
+                                  "baselines replace the alignment loss; set one of them")
+            if len(self.target_layers) != 1 or self.target_layers[0] < 1:
+                raise ConfigError(f"align.residual adds at one layer >= 1; align.target_layers is "
+                                  f"{self.target_layers} (e.g. [16])")
 
 
 @dataclass

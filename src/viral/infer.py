@@ -42,6 +42,10 @@ class Predictor:
         model, processor = load_llava(model_path, dtype=torch_dtype)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
+        if Path(model_path).is_dir():
+            from viral.align.residual import load_residual
+
+            load_residual(model, model_path)  # a residual-baseline run: hooks travel with the model
         aspect, template = "pad", "auto"
         run_config = Path(model_path) / RUN_CONFIG_NAME
         if run_config.is_file():

@@ -28,6 +28,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from viral.align.capture import LayerCapture
 from viral.align.losses import get_alignment_loss
 from viral.align.projector import AlignmentHead
+from viral.align.residual import attach_residual
 from viral.align.teachers import Teacher, build_teacher, teacher_feature_dim
 from viral.config import ConfigError, ExperimentConfig
 from viral.data.llava import LlavaCollator, LlavaDataset
@@ -57,9 +58,10 @@ class ViralTrainingModel(nn.Module):
     accepts_loss_kwargs = True  # the Trainer counts supervised tokens per optimizer step and passes them in
 
     def __init__(self, mllm: nn.Module, llava: nn.Module, alignment_head: AlignmentHead | None = None,
-                 vra_weight: float = 0.5, alignment_loss: str = "cosine"):
+                 vra_weight: float = 0.5, alignment_loss: str = "cosine", residual: nn.Module | None = None):
         super().__init__()
         self.mllm = mllm
+        self.residual = residual  # residual baseline: its hooks act inside mllm; a child here to be trained
         self.alignment_head = alignment_head
         self.vra_weight = float(vra_weight)
         self.image_token_id = int(llava.config.image_token_id)
@@ -361,10 +363,18 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
         torch.manual_seed(config.train.seed)
         head = AlignmentHead(config.align.target_layers, llava.config.text_config.hidden_size,
                              config.align.projector_dim, z_dim, config.align.use_multiple_projectors)
+    residual = None
+    if config.align.residual:
+        num_layers = llava.config.text_config.num_hidden_layers
+        if config.align.target_layers[0] > num_layers:
+            raise ConfigError(f"align.target_layers {config.align.target_layers} out of range 1..{num_layers} "
+                              f"for align.residual on this LLM")
+        torch.manual_seed(config.train.seed)
+        residual = attach_residual(llava, config.align.residual, config.align.target_layers[0])
     if config.train.gradient_checkpointing:
         llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mllm = configure_trainable(config, llava)
-    model = ViralTrainingModel(mllm, llava, head, config.align.vra_weight, config.align.alignment_loss)
+    model = ViralTrainingModel(mllm, llava, head, config.align.vra_weight, config.align.alignment_loss, residual)
     if dtype != torch.float32:
         model.to(dtype)
     if teacher is not None:
@@ -395,7 +405,7 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
     trainer.num_skipped = dataset.num_skipped
     trainer.add_callback(NonFiniteGuard(trainer, config.train.max_bad_steps))
     parts = {"llava": llava, "mllm": mllm, "processor": processor, "head": head, "template": template,
-             "teacher": teacher, "dataset": dataset}
+             "teacher": teacher, "dataset": dataset, "residual": residual}
     return trainer, parts
 
 
@@ -418,6 +428,8 @@ def export(config: ExperimentConfig, parts: dict[str, Any], output_dir: str | Pa
         head = parts["head"]
         tensors = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
         save_file(tensors, out / ALIGNMENT_HEAD_NAME, metadata={"config": json.dumps(head.config)})
+    if parts.get("residual") is not None:
+        parts["residual"].save(out)  # residual.json (+ adapter weights): re-attached by Predictor
     config.save(out / RUN_CONFIG_NAME)
     return out
 

@@ -112,7 +112,7 @@ def layer_cknna(predictor, examples, k: int = 10, teacher=None, batch_size: int 
         references = {"encoder": states["encoder"]}  # [B, N, D_z]
         if teacher is not None:
             with torch.no_grad():
-                pixels = teacher.preprocess(images)
+                pixels = teacher.preprocess(images).to(predictor.device)
                 references["teacher"] = teacher(pixels).detach().float().cpu()  # [B, N, D_t]
         for name, reference in references.items():
             per_layer = scores.setdefault(name, [[] for _ in layers])

@@ -53,7 +53,11 @@ def run_cknna(args) -> int:
             from viral.align.teachers import build_teacher
             from viral.model import image_grid
 
-            teacher = build_teacher(args.teacher, image_grid(predictor.model))
+            teacher = build_teacher(args.teacher, image_grid(predictor.model),
+                                    vision_hidden_size=predictor.model.config.vision_config.hidden_size,
+                                    device=predictor.device)
+            if not teacher.needs_pixels:  # the `encoder` target: already the "encoder" curve
+                teacher = None
         result = layer_cknna(predictor, examples, k=args.k, teacher=teacher, batch_size=args.batch_size)
         results[label] = {"model_path": path, "teacher": args.teacher, **result}
         for reference, curve in result["curves"].items():
