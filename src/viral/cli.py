@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "viral.commands.eval",
     "viral.commands.demo",
     "viral.commands.analyze",
+    "viral.commands.sweep",
 ]
 
 

@@ -1,0 +1,144 @@
+"""Layer / target sweeps (the VIRAL paper's Table 2): one training and one evaluation per grid point,
+and one table of benchmark scores with a row per point.
+
+`--grid key=[v1, v2, ...]` axes (keys as in `--set`: dotted or bare when unique) are crossed. Each point
+trains into `OUT/<point name>`; a point whose folder already holds an exported checkpoint is not
+retrained, so a killed sweep resumes where it stopped. Training runs in this process, or through a
+launcher command (`--launcher "srun -p gpu {command}"`) that must block until the run ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from viral.config import ConfigError, load_config
+
+SWEEP_JSON = "sweep.json"
+SWEEP_TABLE = "sweep.md"
+
+
+def parse_grid(spec: str) -> tuple[str, list[Any]]:
+    """`target_layers=[[2],[4]]` -> ("target_layers", [[2], [4]]); the values must form a non-empty list."""
+    if "=" not in spec:
+        raise ConfigError(f"--grid {spec!r} must look like key=[value, value, ...]")
+    key, text = spec.split("=", 1)
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--grid {spec!r}: the values are not valid YAML ({err})") from err
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"--grid {spec!r}: give a non-empty list of values, e.g. {key}=[[2],[4]]")
+    return key.strip(), values
+
+
+def grid_points(grids: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+    """The cross product of the axes, in the order given."""
+    keys = [key for key, _ in grids]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"--grid keys repeat: {keys}")
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(values for _, values in grids))]
+
+
+def point_name(point: dict[str, Any]) -> str:
+    """A folder name for a point: `target_layers-2__vra_target-encoder`."""
+    def text(value):
+        if isinstance(value, (list, tuple)):
+            return "-".join(text(v) for v in value)
+        return re.sub(r"[^A-Za-z0-9.]+", "_", str(value)).strip("_")
+
+    return "__".join(f"{key.split('.')[-1]}-{text(value)}" for key, value in point.items())
+
+
+def point_overrides(point: dict[str, Any]) -> list[str]:
+    return [f"{key}={json.dumps(value)}" for key, value in point.items()]
+
+
+def is_trained(run_dir: Path) -> bool:
+    """An exported checkpoint (written last by `train`) is there."""
+    return (run_dir / "config.json").is_file() and (run_dir / "viral_config.yaml").is_file()
+
+
+def shapes_scores(checkpoint: Path, eval_path: Path, limit: int | None = None) -> dict[str, float]:
+    """Exact-match accuracy on ShapesBench (`eval.jsonl`), overall and per question type."""
+    from viral.analysis.report import load_examples
+    from viral.analysis.shuffle import accuracy
+    from viral.infer import Predictor
+
+    predictor = Predictor.from_pretrained(str(checkpoint), device="cpu" if not _cuda() else None)
+    result = accuracy(predictor, load_examples(eval_path, limit=limit), max_new_tokens=8)
+    return {"accuracy": result["accuracy"], **{f"acc_{k}": v for k, v in result["per_type"].items()}}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _train(config_path: str | None, overrides: list[str], launcher: str | None) -> None:
+    if launcher is None:
+        from viral.train import train
+
+        train(load_config(config_path, overrides))
+        return
+    command = [sys.executable, "-m", "viral.cli", "train", *([config_path] if config_path else []), "--set", *overrides]
+    line = launcher.replace("{command}", shlex.join(command)) if "{command}" in launcher else \
+        f"{launcher} {shlex.join(command)}"
+    completed = subprocess.run(line, shell=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"training failed (exit {completed.returncode}): {line}")
+
+
+def run_sweep(config_path: str | None, grids: list[str], out_dir: str | Path, overrides: list[str] | None = None,
+              eval_data: str | Path | None = None, launcher: str | None = None,
+              eval_limit: int | None = None) -> dict:
+    """Train and evaluate every grid point; writes `sweep.json` and `sweep.md` in `out_dir`."""
+    out = Path(out_dir)
+    axes = [parse_grid(spec) for spec in grids]
+    points = grid_points(axes)
+    base = list(overrides or [])
+    # validate every point before training any of them
+    for point in points:
+        load_config(config_path, [*base, *point_overrides(point), f"output_dir={out / point_name(point)}"])
+    if eval_data is None:
+        data_path = load_config(config_path, base).data.path
+        eval_data = Path(data_path).parent / "eval.jsonl" if data_path else None
+    if eval_data is None or not Path(eval_data).is_file():
+        raise ConfigError(f"no evaluation data: {eval_data} does not exist; pass --eval-data DIR/eval.jsonl")
+    rows = []
+    for point in points:
+        run_dir = out / point_name(point)
+        run_overrides = [*base, *point_overrides(point), f"output_dir={run_dir}"]
+        status = "reused"
+        if not is_trained(run_dir):
+            print(f"[sweep] training {point_name(point)}", flush=True)
+            _train(config_path, run_overrides, launcher)
+            status = "trained"
+        scores = shapes_scores(run_dir, Path(eval_data), eval_limit)
+        rows.append({"point": point, "name": point_name(point), "checkpoint": str(run_dir), "status": status,
+                     "scores": scores})
+        print(f"[sweep] {point_name(point)}: " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()), flush=True)
+        write_table(rows, [key for key, _ in axes], out, config_path, str(eval_data))
+    return {"rows": rows}
+
+
+def write_table(rows: list[dict], keys: list[str], out: Path, config_path: str | None, eval_data: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SWEEP_JSON).write_text(json.dumps({"config": config_path, "eval_data": eval_data, "rows": rows},
+                                             indent=2) + "\n")
+    columns = sorted({name for row in rows for name in row["scores"]}, key=lambda c: (c != "accuracy", c))
+    lines = ["| " + " | ".join([*keys, *columns]) + " |", "|" + "---|" * (len(keys) + len(columns))]
+    for row in rows:
+        cells = [json.dumps(row["point"][key]) for key in keys]
+        cells += [f"{row['scores'][c]:.3f}" if c in row["scores"] else "" for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out / SWEEP_TABLE).write_text("\n".join(lines) + "\n")

@@ -1,0 +1,44 @@
+"""`viral sweep`: grid parsing, and a 2-point sweep on the tiny preset that writes its table and resumes."""
+
+import json
+
+import pytest
+
+from conftest import train_overrides
+from viral.config import ConfigError
+from viral.sweep import grid_points, parse_grid, point_name, run_sweep
+
+
+def test_grid_axes_cross_and_name_points():
+    axes = [parse_grid("target_layers=[[2],[4, 6]]"), parse_grid("align.vra_target=[encoder, dinov2-vit-b]")]
+    points = grid_points(axes)
+    assert len(points) == 4
+    assert points[1] == {"target_layers": [2], "align.vra_target": "dinov2-vit-b"}
+    assert point_name(points[2]) == "target_layers-4-6__vra_target-encoder"
+    with pytest.raises(ConfigError, match="non-empty list"):
+        parse_grid("target_layers=2")
+
+
+def test_two_point_sweep_writes_its_table_and_resumes(tmp_path, shapes_dir):
+    overrides = [o for o in train_overrides(tmp_path / "unused", shapes_dir, "train.max_steps=1")
+                 if not o.startswith("output_dir=")]
+    overrides += ["align.vra_loss=true", "align.vra_target=encoder"]
+    out = tmp_path / "sweep"
+    run_sweep(None, ["target_layers=[[1],[2]]"], out, overrides, eval_limit=4)
+    table = (out / "sweep.md").read_text().splitlines()
+    assert table[0].startswith("| target_layers | accuracy")
+    assert len(table) == 4  # header, rule, two points
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [row["point"] for row in rows] == [{"target_layers": [1]}, {"target_layers": [2]}]
+    assert all(0.0 <= row["scores"]["accuracy"] <= 1.0 and row["status"] == "trained" for row in rows)
+
+    again = run_sweep(None, ["target_layers=[[1],[2]]"], out, overrides, eval_limit=4)
+    assert [row["status"] for row in again["rows"]] == ["reused", "reused"]
+    assert [row["scores"] for row in again["rows"]] == [row["scores"] for row in rows]
+
+
+def test_a_bad_point_fails_before_any_training(tmp_path, shapes_dir):
+    overrides = [o for o in train_overrides(tmp_path / "x", shapes_dir) if not o.startswith("output_dir=")]
+    with pytest.raises(ConfigError, match="alignment_loss"):
+        run_sweep(None, ["alignment_loss=[cosine, nonsense]"], tmp_path / "sweep", overrides)
+    assert not (tmp_path / "sweep").exists()
