@@ -55,7 +55,7 @@ def test_residual_changes_only_image_positions_after_layer(predictor, mode):
     assert torch.equal(_layer_outputs(model, inputs)[4], before[4])  # removed: back to the plain model
 
 
-@pytest.mark.parametrize("mode", ["post_projection", "pre_projection"])
+@pytest.mark.parametrize("mode", ["pre_projection"])  # post_projection trains in the Trainer test below
 def test_residual_trains_and_reloads(tmp_path, tiny_llava_path, predictor, mode):
     model = predictor.model
     residual = attach_residual(model, mode, layer=1)
@@ -64,7 +64,7 @@ def test_residual_trains_and_reloads(tmp_path, tiny_llava_path, predictor, mode)
     params = list(model.parameters()) + list(residual.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     losses = []
-    for _ in range(5):
+    for _ in range(3):
         loss = model(**inputs, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
@@ -73,7 +73,7 @@ def test_residual_trains_and_reloads(tmp_path, tiny_llava_path, predictor, mode)
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
-    assert predictor.generate(_images(1), ["Is there a yellow circle ?"], max_new_tokens=3)  # decoding steps pass
+    assert predictor.generate(_images(1), ["Is there a yellow circle ?"], max_new_tokens=2)  # decoding steps pass
 
     model.save_pretrained(tmp_path)
     residual.save(tmp_path)
