@@ -137,10 +137,10 @@ def plot_layer_cknna(results: dict[str, dict], path) -> None:
     fig = new_figure(figsize=(7, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     styles = {"encoder": "-", "teacher": "--"}
-    for label, result in results.items():
+    for index, (label, result) in enumerate(results.items()):
         for reference, curve in result["curves"].items():
-            ax.plot(result["layers"], curve["mean"], styles.get(reference, ":"), marker="o", markersize=3,
-                    label=f"{label} vs {reference}")
+            ax.plot(result["layers"], curve["mean"], styles.get(reference, ":"), color=f"C{index}", marker="o",
+                    markersize=3, label=f"{label} vs {reference}")
     first = next(iter(results.values()))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("LLM layer (0 = input embeddings, L = after the final norm)")
