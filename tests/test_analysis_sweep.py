@@ -26,11 +26,12 @@ def test_two_point_sweep_writes_its_table_and_resumes(tmp_path, shapes_dir):
     out = tmp_path / "sweep"
     run_sweep(None, ["target_layers=[[1],[2]]"], out, overrides, eval_limit=4)
     table = (out / "sweep.md").read_text().splitlines()
-    assert table[0].startswith("| target_layers | accuracy")
+    assert table[0].startswith("| target_layers | shapes | shapes.")
     assert len(table) == 4  # header, rule, two points
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert [row["point"] for row in rows] == [{"target_layers": [1]}, {"target_layers": [2]}]
-    assert all(0.0 <= row["scores"]["accuracy"] <= 1.0 and row["status"] == "trained" for row in rows)
+    assert all(0.0 <= row["scores"]["shapes"] <= 100.0 and row["status"] == "trained" for row in rows)
+    assert (out / "target_layers-1" / "eval" / "shapes.json").is_file()
 
     again = run_sweep(None, ["target_layers=[[1],[2]]"], out, overrides, eval_limit=4)
     assert [row["status"] for row in again["rows"]] == ["reused", "reused"]

@@ -1,5 +1,5 @@
 """Layer / target sweeps (the VIRAL paper's Table 2): one training and one evaluation per grid point,
-and one table of benchmark scores with a row per point.
+and one table of benchmark scores (`viral.evaluate`, percent) with a row per point.
 
 `--grid key=[v1, v2, ...]` axes (keys as in `--set`: dotted or bare when unique) are crossed. Each point
 trains into `OUT/<point name>`; a point whose folder already holds an exported checkpoint is not
@@ -67,21 +67,33 @@ def is_trained(run_dir: Path) -> bool:
     return (run_dir / "config.json").is_file() and (run_dir / "viral_config.yaml").is_file()
 
 
-def shapes_scores(checkpoint: Path, eval_path: Path, limit: int | None = None) -> dict[str, float]:
-    """Exact-match accuracy on ShapesBench (`eval.jsonl`), overall and per question type."""
-    from viral.analysis.report import load_examples
-    from viral.analysis.shuffle import accuracy
+def parse_eval(spec: str) -> tuple[str, str]:
+    """`shapes=data/shapes` -> ("shapes", "data/shapes"): a `viral eval` benchmark and its local data."""
+    name, sep, data = spec.partition("=")
+    if not sep or not name or not data:
+        raise ConfigError(f"--eval {spec!r} must look like BENCHMARK=PATH, e.g. shapes=data/shapes")
+    from viral.evaluate import get_benchmark
+
+    get_benchmark(name.strip())  # an unknown name fails here, before any training
+    return name.strip(), data
+
+
+def scores(checkpoint: Path, benchmarks: list[tuple[str, str]], limit: int | None = None,
+           batch_size: int = 8) -> dict[str, float]:
+    """Each benchmark's headline metric (column `name`) and top-level numeric sub-metrics (`name.sub`)."""
+    from viral.evaluate import evaluate
     from viral.infer import Predictor
 
-    predictor = Predictor.from_pretrained(str(checkpoint), device="cpu" if not _cuda() else None)
-    result = accuracy(predictor, load_examples(eval_path, limit=limit), max_new_tokens=8)
-    return {"accuracy": result["accuracy"], **{f"acc_{k}": v for k, v in result["per_type"].items()}}
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    predictor = Predictor.from_pretrained(str(checkpoint))
+    row: dict[str, float] = {}
+    for name, data in benchmarks:
+        summary = evaluate(predictor, name, data, output=checkpoint / "eval" / f"{name}.json", limit=limit,
+                           batch_size=batch_size, progress=False, model_path=str(checkpoint))
+        row[name] = summary["headline"]["value"]
+        for metric, value in summary["metrics"].items():
+            if metric != summary["headline"]["metric"] and isinstance(value, (int, float)):
+                row[f"{name}.{metric}"] = value
+    return row
 
 
 def _train(config_path: str | None, overrides: list[str], launcher: str | None) -> None:
@@ -99,9 +111,10 @@ def _train(config_path: str | None, overrides: list[str], launcher: str | None) 
 
 
 def run_sweep(config_path: str | None, grids: list[str], out_dir: str | Path, overrides: list[str] | None = None,
-              eval_data: str | Path | None = None, launcher: str | None = None,
-              eval_limit: int | None = None) -> dict:
-    """Train and evaluate every grid point; writes `sweep.json` and `sweep.md` in `out_dir`."""
+              evals: list[str] | None = None, launcher: str | None = None, eval_limit: int | None = None) -> dict:
+    """Train and evaluate every grid point; writes `sweep.json` and `sweep.md` in `out_dir`.
+
+    `evals` are `BENCHMARK=PATH` specs; by default ShapesBench beside the config's `data.path`."""
     out = Path(out_dir)
     axes = [parse_grid(spec) for spec in grids]
     points = grid_points(axes)
@@ -109,11 +122,15 @@ def run_sweep(config_path: str | None, grids: list[str], out_dir: str | Path, ov
     # validate every point before training any of them
     for point in points:
         load_config(config_path, [*base, *point_overrides(point), f"output_dir={out / point_name(point)}"])
-    if eval_data is None:
+    if evals:
+        benchmarks = [parse_eval(spec) for spec in evals]
+    else:
         data_path = load_config(config_path, base).data.path
-        eval_data = Path(data_path).parent / "eval.jsonl" if data_path else None
-    if eval_data is None or not Path(eval_data).is_file():
-        raise ConfigError(f"no evaluation data: {eval_data} does not exist; pass --eval-data DIR/eval.jsonl")
+        shapes = Path(data_path).parent / "eval.jsonl" if data_path else None
+        if shapes is None or not shapes.is_file():
+            raise ConfigError(f"no evaluation data: {shapes} does not exist; pass --eval shapes=DIR (or another "
+                              "benchmark=PATH)")
+        benchmarks = [("shapes", str(shapes))]
     rows = []
     for point in points:
         run_dir = out / point_name(point)
@@ -123,22 +140,26 @@ def run_sweep(config_path: str | None, grids: list[str], out_dir: str | Path, ov
             print(f"[sweep] training {point_name(point)}", flush=True)
             _train(config_path, run_overrides, launcher)
             status = "trained"
-        scores = shapes_scores(run_dir, Path(eval_data), eval_limit)
+        row_scores = scores(run_dir, benchmarks, eval_limit)
         rows.append({"point": point, "name": point_name(point), "checkpoint": str(run_dir), "status": status,
-                     "scores": scores})
-        print(f"[sweep] {point_name(point)}: " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()), flush=True)
-        write_table(rows, [key for key, _ in axes], out, config_path, str(eval_data))
+                     "scores": row_scores})
+        print(f"[sweep] {point_name(point)}: " + " ".join(f"{k}={v:.2f}" for k, v in row_scores.items()), flush=True)
+        write_table(rows, [key for key, _ in axes], out, config_path, benchmarks)
     return {"rows": rows}
 
 
-def write_table(rows: list[dict], keys: list[str], out: Path, config_path: str | None, eval_data: str) -> None:
+def write_table(rows: list[dict], keys: list[str], out: Path, config_path: str | None,
+                benchmarks: list[tuple[str, str]]) -> None:
+    """sweep.json (everything) and sweep.md (one row per point: the grid values, then the scores in %)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / SWEEP_JSON).write_text(json.dumps({"config": config_path, "eval_data": eval_data, "rows": rows},
-                                             indent=2) + "\n")
-    columns = sorted({name for row in rows for name in row["scores"]}, key=lambda c: (c != "accuracy", c))
+    data = {"config": config_path, "benchmarks": dict(benchmarks), "rows": rows}
+    (out / SWEEP_JSON).write_text(json.dumps(data, indent=2) + "\n")
+    columns = []
+    for row in rows:
+        columns += [name for name in row["scores"] if name not in columns]
     lines = ["| " + " | ".join([*keys, *columns]) + " |", "|" + "---|" * (len(keys) + len(columns))]
     for row in rows:
         cells = [json.dumps(row["point"][key]) for key in keys]
-        cells += [f"{row['scores'][c]:.3f}" if c in row["scores"] else "" for c in columns]
+        cells += [f"{row['scores'][c]:.1f}" if c in row["scores"] else "" for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     (out / SWEEP_TABLE).write_text("\n".join(lines) + "\n")

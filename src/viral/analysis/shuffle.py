@@ -8,8 +8,6 @@ gets its own permutation from one seeded generator; "identity" leaves the order 
 
 from __future__ import annotations
 
-import re
-import string
 from contextlib import contextmanager
 
 import torch
@@ -48,80 +46,70 @@ def permuted_image_tokens(model, permutation: str = "random", seed: int = 0):
         handle.remove()
 
 
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
+def shuffle_accuracy(predictor, benchmark: str, data, permutation: str = "random", seed: int = 0,
+                     limit: int | None = None, batch_size: int = 8, output_dir=None) -> dict:
+    """Score `benchmark` (a `viral.evaluate` benchmark read from `data`) with the original and with the
+    permuted image-token order; `drop` is the headline metric's difference in points (original - shuffled).
+    With `output_dir`, each run's summary and predictions go to `original/` and `shuffled/` under it."""
+    from pathlib import Path
 
+    from viral.evaluate import evaluate
 
-def normalize_answer(text: str) -> str:
-    return re.sub(r"\s+", " ", str(text).lower().translate(_PUNCTUATION)).strip()
+    def run(name: str) -> dict:
+        output = Path(output_dir) / name / "summary.json" if output_dir is not None else None
+        return evaluate(predictor, benchmark, data, output=output, limit=limit, batch_size=batch_size,
+                        progress=False)
 
-
-def exact_match(prediction: str, answer: str) -> float:
-    """1.0 when the normalised prediction equals the answer or starts with it as a word."""
-    prediction, answer = normalize_answer(prediction), normalize_answer(answer)
-    return float(prediction == answer or prediction.startswith(answer + " "))
-
-
-def accuracy(predictor, examples, score=exact_match, batch_size: int = 8, max_new_tokens: int = 8) -> dict:
-    """Greedy answers for `examples` scored against their answers: overall and per question type."""
-    from viral.analysis.report import batches
-
-    scores, by_type = [], {}
-    for chunk in batches(list(examples), batch_size):
-        answers = predictor.generate([e.image for e in chunk], [e.question for e in chunk],
-                                     max_new_tokens=max_new_tokens, temperature=0.0)
-        for example, prediction in zip(chunk, answers):
-            value = float(score(prediction, example.answer))
-            scores.append(value)
-            by_type.setdefault(example.type or "all", []).append(value)
-    return {
-        "accuracy": sum(scores) / max(len(scores), 1),
-        "per_type": {name: sum(v) / len(v) for name, v in sorted(by_type.items())},
-        "n": len(scores),
-    }
-
-
-def shuffle_accuracy(predictor, examples, permutation: str = "random", seed: int = 0, score=exact_match,
-                     batch_size: int = 8, max_new_tokens: int = 8) -> dict:
-    """Accuracy with the original and with the permuted image-token order, and the drop between them."""
-    missing = [e.id for e in examples if e.answer is None]
-    if missing:
-        raise ValueError(f"examples without a reference answer cannot be scored: {missing[:5]}")
-    original = accuracy(predictor, examples, score, batch_size, max_new_tokens)
+    original = run("original")
     with permuted_image_tokens(predictor.model, permutation, seed):
-        shuffled = accuracy(predictor, examples, score, batch_size, max_new_tokens)
+        shuffled = run("shuffled")
+    headline = original["headline"]["metric"]
+    keep = ("headline", "metrics", "counts")
     return {
+        "benchmark": original["benchmark"],
+        "headline": headline,
         "permutation": permutation,
         "seed": seed,
-        "n": original["n"],
-        "original": original,
-        "shuffled": shuffled,
-        "drop": original["accuracy"] - shuffled["accuracy"],
+        "n": original["counts"]["evaluated"],
+        "original": {key: original[key] for key in keep},
+        "shuffled": {key: shuffled[key] for key in keep},
+        "drop": original["headline"]["value"] - shuffled["headline"]["value"],
     }
+
+
+def _bars(result: dict) -> list[tuple[str, float, float]]:
+    """(name, original, shuffled) for the headline metric and each top-level numeric sub-metric."""
+    original, shuffled = result["original"]["metrics"], result["shuffled"]["metrics"]
+    bars = [(result["headline"], result["original"]["headline"]["value"], result["shuffled"]["headline"]["value"])]
+    for name, value in original.items():
+        if name != result["headline"] and isinstance(value, (int, float)) and isinstance(shuffled.get(name), (int, float)):
+            bars.append((name, float(value), float(shuffled[name])))
+    return bars
 
 
 def plot_shuffle(results: dict[str, dict], path) -> None:
-    """Grouped bars: original vs shuffled accuracy per checkpoint (and per question type)."""
+    """Grouped bars: original vs shuffled score per checkpoint, headline metric first, then sub-metrics."""
     from viral.analysis.report import new_figure, save_figure
 
     labels, original, shuffled = [], [], []
     for label, result in results.items():
-        types = result["original"]["per_type"]
-        keys = ["all"] + ([t for t in types] if len(types) > 1 else [])
-        for key in keys:
-            labels.append(label if key == "all" else f"{label}\n{key}")
-            original.append(result["original"]["accuracy"] if key == "all" else types[key])
-            shuffled.append(result["shuffled"]["accuracy"] if key == "all" else result["shuffled"]["per_type"][key])
-    fig = new_figure(figsize=(max(5.0, 1.3 * len(labels) + 1.5), 4.0))
+        for name, before, after in _bars(result):
+            labels.append(f"{label}\n{name}" if len(results) > 1 else name)
+            original.append(before)
+            shuffled.append(after)
+    fig = new_figure(figsize=(max(5.0, 1.1 * len(labels) + 1.5), 4.0))
     ax = fig.add_subplot(1, 1, 1)
-    positions = range(len(labels))
+    positions = list(range(len(labels)))
     ax.bar([p - 0.2 for p in positions], original, width=0.4, label="original order")
     ax.bar([p + 0.2 for p in positions], shuffled, width=0.4, label="image tokens permuted")
-    for p, (a, b) in enumerate(zip(original, shuffled)):
-        ax.text(p, max(a, b) + 0.02, f"drop {a - b:+.2f}", ha="center", fontsize=8)
-    ax.set_xticks(list(positions), labels, fontsize=8)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("accuracy")
+    top = max([*original, *shuffled, 1.0])
+    for p, (a, b) in zip(positions, zip(original, shuffled)):
+        ax.text(p, max(a, b) + 0.02 * top, f"drop {a - b:+.1f}", ha="center", fontsize=7)
+    ax.set_xticks(positions, labels, fontsize=8)
+    ax.set_ylim(0, top * 1.15)
     first = next(iter(results.values()))
-    ax.set_title(f"Patch shuffling ({first['permutation']}, seed {first['seed']}, n={first['n']})")
+    ax.set_ylabel("score (%)")
+    ax.set_title(f"{first['benchmark']}: patch shuffling ({first['permutation']}, seed {first['seed']}, "
+                 f"n={first['n']})")
     ax.legend(fontsize=8)
     save_figure(fig, path)

@@ -133,23 +133,18 @@ def run_pca(args) -> int:
 
 
 def run_shuffle(args) -> int:
-    from viral.analysis.report import load_examples, write_json
+    from viral.analysis.report import write_json
     from viral.analysis.shuffle import plot_shuffle, shuffle_accuracy
 
-    if args.benchmark not in ("jsonl", "shapes"):
-        raise SystemExit(
-            f"--benchmark {args.benchmark}: only 'shapes'/'jsonl' (records with image, question, answer) are "
-            "supported until viral.evaluate provides benchmark loaders"
-        )
-    examples = load_examples(args.data, limit=args.n_images)
+    out = Path(args.out)
     results = {}
     for label, path in zip(_labels(args.model_path), args.model_path):
-        result = shuffle_accuracy(_load(path, args), examples, permutation=args.permutation, seed=args.seed,
-                                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+        result = shuffle_accuracy(_load(path, args), args.benchmark, args.data, permutation=args.permutation,
+                                  seed=args.seed, limit=args.limit, batch_size=args.batch_size,
+                                  output_dir=out / label)
         results[label] = {"model_path": path, **result}
-        print(f"{label}: original {result['original']['accuracy']:.3f}  "
-              f"{args.permutation} {result['shuffled']['accuracy']:.3f}  drop {result['drop']:+.3f}")
-    out = Path(args.out)
+        print(f"{label}: {result['headline']} original {result['original']['headline']['value']:.2f}  "
+              f"{args.permutation} {result['shuffled']['headline']['value']:.2f}  drop {result['drop']:+.2f}")
     plot_shuffle(results, out / "shuffle.png")
     data = {"benchmark": args.benchmark, "data": str(args.data), "results": results}
     return _done(write_json(data, out / "shuffle.json"), out / "shuffle.png")
@@ -196,10 +191,10 @@ def register(subparsers) -> None:
 
     shuffle = commands.add_parser("shuffle", help="accuracy with the image-token order permuted")
     _common(shuffle, "runs/analysis/shuffle")
-    shuffle.add_argument("--benchmark", default="shapes", help="benchmark name (default shapes: eval.jsonl)")
-    shuffle.add_argument("--data", required=True, help="the benchmark's records (.jsonl with image/question/answer)")
+    shuffle.add_argument("--benchmark", default="shapes",
+                         help="a `viral eval` benchmark: shapes, cvbench, whatsup, mmvp, pope, mme, mmstar")
+    shuffle.add_argument("--data", required=True, help="the benchmark's local copy (as for `viral eval`)")
     shuffle.add_argument("--permutation", default="random", choices=["random", "reverse", "identity"])
     shuffle.add_argument("--seed", type=int, default=0)
-    shuffle.add_argument("--n-images", type=int, default=None)
-    shuffle.add_argument("--max-new-tokens", type=int, default=8)
+    shuffle.add_argument("--limit", type=int, default=None, help="score only the first N questions")
     shuffle.set_defaults(func=run_shuffle)

@@ -15,8 +15,9 @@ def register(subparsers) -> None:
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="overrides applied to every point")
     parser.add_argument("--out", default="runs/sweep", help="folder of the runs and the table")
-    parser.add_argument("--eval-data", default=None,
-                        help="ShapesBench eval.jsonl (default: eval.jsonl beside the config's data.path)")
+    parser.add_argument("--eval", dest="evals", action="append", default=None, metavar="BENCHMARK=PATH",
+                        help="a `viral eval` benchmark and its data, e.g. shapes=data/shapes or cvbench=data/CV-Bench; "
+                             "repeat for several (default: ShapesBench beside the config's data.path)")
     parser.add_argument("--eval-limit", type=int, default=None, help="score only the first N questions")
     parser.add_argument("--launcher", default=None,
                         help="run each training as this shell command, {command} standing for `viral train ...` "
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from viral.sweep import SWEEP_TABLE, run_sweep
 
-    run_sweep(args.config, args.grid, args.out, args.overrides, eval_data=args.eval_data,
+    run_sweep(args.config, args.grid, args.out, args.overrides, evals=args.evals,
               launcher=args.launcher, eval_limit=args.eval_limit)
     print(f"table: {args.out}/{SWEEP_TABLE}")
     return 0
