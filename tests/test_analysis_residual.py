@@ -121,3 +121,14 @@ def test_residual_config_errors_are_named():
         load_config(None, ["align.residual=sideways", "align.target_layers=[2]"])
     with pytest.raises(ConfigError, match="one layer"):
         load_config(None, ["align.residual=pre_projection", "align.target_layers=[2,3]"])
+
+
+def test_residual_layer_out_of_range_fails_before_loading(tmp_path, shapes_dir):
+    from conftest import train_overrides
+    from viral.config import ConfigError, load_config
+    from viral.train import build_trainer
+
+    config = load_config(None, train_overrides(tmp_path / "run", shapes_dir, "align.residual=post_projection",
+                                               "align.target_layers=[9]"))
+    with pytest.raises(ConfigError, match="out of range 1..4"):
+        build_trainer(config)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers.trainer_utils import get_last_checkpoint
 
 from viral.config import ConfigError, load_config
 
@@ -137,9 +138,12 @@ def run_sweep(config_path: str | None, grids: list[str], out_dir: str | Path, ov
         run_overrides = [*base, *point_overrides(point), f"output_dir={run_dir}"]
         status = "reused"
         if not is_trained(run_dir):
-            print(f"[sweep] training {point_name(point)}", flush=True)
+            last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+            if last:  # a killed point continues from its last complete checkpoint
+                run_overrides.append(f"train.resume_from_checkpoint={last}")
+            print(f"[sweep] {'resuming' if last else 'training'} {point_name(point)}", flush=True)
             _train(config_path, run_overrides, launcher)
-            status = "trained"
+            status = "resumed" if last else "trained"
         row_scores = scores(run_dir, benchmarks, eval_limit)
         rows.append({"point": point, "name": point_name(point), "checkpoint": str(run_dir), "status": status,
                      "scores": row_scores})

@@ -331,6 +331,11 @@ def preflight(config: ExperimentConfig) -> None:
     if config.train.fsdp and not torch.cuda.is_available():
         raise ConfigError("train.fsdp needs CUDA GPUs: transformers' Trainer runs FSDP only in GPU distributed "
                           "training; on CPUs use DDP (torchrun without train.fsdp)")
+    if config.align.residual:
+        num_layers, _ = model_dimensions(config.model)
+        if not 1 <= config.align.target_layers[0] <= num_layers:
+            raise ConfigError(f"align.target_layers {config.align.target_layers} out of range 1..{num_layers} "
+                              f"for align.residual on this LLM ({num_layers} layers)")
     if not config.align.vra_loss:
         return
     num_layers, vision_hidden = model_dimensions(config.model)
@@ -365,10 +370,6 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
                              config.align.projector_dim, z_dim, config.align.use_multiple_projectors)
     residual = None
     if config.align.residual:
-        num_layers = llava.config.text_config.num_hidden_layers
-        if config.align.target_layers[0] > num_layers:
-            raise ConfigError(f"align.target_layers {config.align.target_layers} out of range 1..{num_layers} "
-                              f"for align.residual on this LLM")
         torch.manual_seed(config.train.seed)
         residual = attach_residual(llava, config.align.residual, config.align.target_layers[0])
     if config.train.gradient_checkpointing:
