@@ -71,6 +71,10 @@ class ViralTrainingModel(nn.Module):
         if alignment_head is not None:
             llava.model.multi_modal_projector.register_forward_pre_hook(self._keep_encoder_features)
 
+    def count_images(self, batch: dict) -> int:
+        """Samples with an image in a collated batch: rows holding the image token."""
+        return int((batch["input_ids"] == self.image_token_id).any(dim=1).sum())
+
     def _keep_encoder_features(self, module, args) -> None:
         if self.capture is not None and self.capture.mask is not None:
             self._encoder_features = args[0].detach()  # [B_img, N, D_v]: z, CLS dropped
@@ -145,8 +149,8 @@ class ViralTrainer(Trainer):
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
         """Supervised tokens (the Trainer's count) and, beside it, image samples of the whole optimizer step."""
         num_items = super()._get_num_items_in_batch(batch_samples, device)
-        token_id = self.accelerator.unwrap_model(self.model).image_token_id
-        images = sum(int((b["input_ids"] == token_id).any(dim=1).sum()) for b in batch_samples)
+        model = self.accelerator.unwrap_model(self.model)
+        images = sum(model.count_images(b) for b in batch_samples)
         images = torch.tensor(images, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             images = self.accelerator.gather(images).sum()

@@ -37,11 +37,15 @@ class VLoRATrainingModel(nn.Module):
 
     _keys_to_ignore_on_save = None  # read by the Trainer's checkpoint code
     accepts_loss_kwargs = True  # the Trainer counts supervised tokens per optimizer step and passes them in
-    image_token_id = -1  # VLoRA sequences hold no image token (the trainer's image count is 0: no VRA term)
-
     def __init__(self, vlora: VLoRAModel):
         super().__init__()
         self.vlora = vlora
+
+    @staticmethod
+    def count_images(batch: dict) -> int:
+        """Samples with an image in a collated batch (VLoRA sequences hold no image token)."""
+        has_image = batch.get("has_image")
+        return int(has_image.sum()) if has_image is not None else 0
 
     def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, has_image=None,
                 num_items_in_batch=None, num_images_in_batch=None) -> dict[str, torch.Tensor]:
