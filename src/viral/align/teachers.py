@@ -4,12 +4,21 @@ A teacher sees the raw image normalised with its *own* mean and std at its *own*
 the student's pixels), runs frozen, in eval mode, under no_grad, and its patch grid is resampled
 (bilinear) to the student's image-token grid so any pair of resolutions works. Teachers are plain
 objects, never `nn.Module` children of the trained model: they stay out of the optimizer and the
-checkpoint.
+checkpoint. `build_teacher` is the single entry point; the families live in `teachers_hf` (transformers
+models) and `teachers_remote` (`trust_remote_code` models), the shared parts in `teachers_base`.
 
 Ids (`align.vra_target`):
-- `encoder` (alias `clip`): the MLLM's own vision features z (the paper's encoder alignment);
-- `dinov2-vit-s|b|l|g`, `dinov2-small|base|large|giant`, `dinov2-with-registers-*`, any hub id whose
-  name holds `dinov2`, or a local folder of a transformers DINOv2 model.
+- `encoder` (alias `clip`, as in the official configs): the MLLM's own vision features z;
+- `dinov2-vit-s|b|l|g`, `dinov2-small|base|large|giant`, `dinov2-with-registers-*`;
+- `clip-vit-l-336|l|b-16|b-32`, `siglip-so400m|base|large`, `siglip2-so400m|base|large|giant[-naflex]`,
+  optionally with `@L` to take encoder layer L (`clip-vit-l-336@-2`);
+- `sam-vit-b|l|h` (official `sam_vit_b_01ec64`, `sam_vit_l_0b3195`, `sam_vit_h_4b8939`);
+- `depth-anything-v2-small|base|large` (official `depth_anything_v2_vits|vitb|vitl`);
+- `radio_v2.5-b|l|h|g`, `c-radio_v2-b|l|h|g`, `c-radio_v3-b|l|h|g` (official RADIO version names; remote code);
+- `remote:<hub id or folder>[?adapter options]`: any `trust_remote_code` model (see `teachers_remote`);
+- any hub id whose name says its family (`facebook/dinov2-base`, `openai/clip-vit-base-patch16`,
+  `google/siglip2-base-patch16-naflex`, `facebook/sam-vit-base`, `depth-anything/...`, `nvidia/C-RADIOv3-B`),
+  or a local folder of a transformers model of one of those families (found by its config's `model_type`).
 Adding a family is one entry in `TEACHER_FAMILIES` (and, for short names, in `ALIASES`).
 """
 
@@ -18,15 +27,31 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
+from viral.align.teachers_base import (  # noqa: F401  (re-exported: the registry is the public face)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EncoderTeacher,
+    HFVisionTeacher,
+    Preprocessing,
+    Teacher,
+    TeacherLoadError,
+    resample_grid,
+    resample_region,
+    weights_sha256,
+)
+from viral.align.teachers_hf import (
+    ClipTeacher,
+    DepthAnythingTeacher,
+    Dinov2Teacher,
+    SamTeacher,
+    SiglipTeacher,
+)
+from viral.align.teachers_remote import RemoteTeacher
 from viral.config import ConfigError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+RADIO_ADAPTER = "?output=1&pixels=unit"  # RADIO and C-RADIO return (summary, features) and take [0, 1] pixels
 
 ALIASES = {
     "clip": ("encoder", None),
@@ -35,161 +60,101 @@ ALIASES = {
     "dinov2-vit-b": ("dinov2", "facebook/dinov2-base"),
     "dinov2-vit-l": ("dinov2", "facebook/dinov2-large"),
     "dinov2-vit-g": ("dinov2", "facebook/dinov2-giant"),
+    "clip-vit-l-336": ("clip", "openai/clip-vit-large-patch14-336"),
+    "clip-vit-l": ("clip", "openai/clip-vit-large-patch14"),
+    "clip-vit-b-16": ("clip", "openai/clip-vit-base-patch16"),
+    "clip-vit-b-32": ("clip", "openai/clip-vit-base-patch32"),
+    "siglip-so400m": ("siglip", "google/siglip-so400m-patch14-384"),
+    "siglip-base": ("siglip", "google/siglip-base-patch16-224"),
+    "siglip-large": ("siglip", "google/siglip-large-patch16-384"),
+    "siglip2-so400m": ("siglip2", "google/siglip2-so400m-patch14-384"),
+    "siglip2-base": ("siglip2", "google/siglip2-base-patch16-224"),
+    "siglip2-large": ("siglip2", "google/siglip2-large-patch16-384"),
+    "siglip2-giant": ("siglip2", "google/siglip2-giant-opt-patch16-384"),
+    "siglip2-so400m-naflex": ("siglip2", "google/siglip2-so400m-patch16-naflex"),
+    "siglip2-base-naflex": ("siglip2", "google/siglip2-base-patch16-naflex"),
+    "sam-vit-b": ("sam", "facebook/sam-vit-base"),
+    "sam-vit-l": ("sam", "facebook/sam-vit-large"),
+    "sam-vit-h": ("sam", "facebook/sam-vit-huge"),
+    "sam_vit_b_01ec64": ("sam", "facebook/sam-vit-base"),
+    "sam_vit_l_0b3195": ("sam", "facebook/sam-vit-large"),
+    "sam_vit_h_4b8939": ("sam", "facebook/sam-vit-huge"),
+    "depth-anything-v2-small": ("depth-anything", "depth-anything/Depth-Anything-V2-Small-hf"),
+    "depth-anything-v2-base": ("depth-anything", "depth-anything/Depth-Anything-V2-Base-hf"),
+    "depth-anything-v2-large": ("depth-anything", "depth-anything/Depth-Anything-V2-Large-hf"),
+    "depth_anything_v2_vits": ("depth-anything", "depth-anything/Depth-Anything-V2-Small-hf"),
+    "depth_anything_v2_vitb": ("depth-anything", "depth-anything/Depth-Anything-V2-Base-hf"),
+    "depth_anything_v2_vitl": ("depth-anything", "depth-anything/Depth-Anything-V2-Large-hf"),
 }
+for _size, _suffix in (("b", "B"), ("l", "L"), ("h", "H"), ("g", "g")):
+    ALIASES[f"radio_v2.5-{_size}"] = ("remote", f"nvidia/RADIO-{_suffix}{RADIO_ADAPTER}")
+    ALIASES[f"c-radio_v2-{_size}"] = ("remote", f"nvidia/C-RADIOv2-{_suffix}{RADIO_ADAPTER}")
+    ALIASES[f"c-radio_v3-{_size}"] = ("remote", f"nvidia/C-RADIOv3-{_suffix}{RADIO_ADAPTER}")
+
+TEACHER_FAMILIES = {
+    "encoder": EncoderTeacher,
+    "dinov2": Dinov2Teacher,
+    "clip": ClipTeacher,
+    "siglip": SiglipTeacher,
+    "siglip2": SiglipTeacher,
+    "sam": SamTeacher,
+    "depth-anything": DepthAnythingTeacher,
+    "remote": RemoteTeacher,
+}
+MODEL_TYPE_FAMILIES = {
+    "dinov2": "dinov2", "dinov2_with_registers": "dinov2",
+    "clip": "clip", "clip_vision_model": "clip",
+    "siglip": "siglip", "siglip_vision_model": "siglip",
+    "siglip2": "siglip2", "siglip2_vision_model": "siglip2",
+    "sam": "sam", "sam_vision_model": "sam",
+    "depth_anything": "depth-anything",
+}
+LAYERED_FAMILIES = ("clip", "siglip", "siglip2")  # families that take an `@L` layer suffix
+# hub-id name fragments -> family, checked in order (siglip before clip: "siglip" contains "clip")
+NAME_FAMILIES = (("dinov2", "dinov2"), ("depth-anything", "depth-anything"), ("sam-vit", "sam"),
+                 ("siglip2", "siglip2"), ("siglip", "siglip"), ("clip", "clip"), ("radio", "remote"))
 
 
-def resample_grid(features: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
-    """`[B, h*w, D]` on grid (h, w) -> `[B, H*W, D]` on grid (H, W), bilinear; identity when equal."""
-    if tuple(grid) == tuple(target):
-        return features
-    batch, _, dim = features.shape
-    h, w = grid
-    maps = features.transpose(1, 2).reshape(batch, dim, h, w)  # [B, D, h, w]
-    maps = F.interpolate(maps.float(), size=tuple(target), mode="bilinear", align_corners=False)
-    return maps.flatten(2).transpose(1, 2).to(features.dtype)  # [B, H*W, D]
+def split_layer(spec: str) -> tuple[str, int | None]:
+    """`name@L` -> (name, L); specs without an integer suffix are returned unchanged."""
+    base, sep, suffix = spec.rpartition("@")
+    if sep and suffix.lstrip("-").isdigit() and not spec.startswith("remote:"):
+        return base, int(suffix)
+    return spec, None
 
 
-class Teacher:
-    """Base class: `preprocess(images)` -> pixels, `__call__(pixels)` -> `[B, N_student, z_dim]`."""
-
-    spec: str = ""
-    z_dim: int = 0
-    needs_pixels: bool = True  # False: targets come from the student's own forward pass
-
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def parameters(self):
-        return iter(())
-
-    def to(self, device=None, dtype=None) -> "Teacher":
-        return self
-
-
-class EncoderTeacher(Teacher):
-    """The MLLM's own vision features z (layer -2, CLS dropped): captured at the projector's input."""
-
-    needs_pixels = False
-
-    def __init__(self, spec: str, student_grid: tuple[int, int], vision_hidden_size: int):
-        self.spec = spec
-        self.student_grid = tuple(student_grid)
-        self.z_dim = int(vision_hidden_size)
-
-
-class HFVisionTeacher(Teacher):
-    """A frozen transformers vision model whose patch tokens are the targets."""
-
-    def __init__(self, spec: str, source: str, student_grid: tuple[int, int], device=None, dtype=torch.float32):
-        self.spec, self.source = spec, source
-        self.student_grid = tuple(student_grid)
-        self.model = self.load_model(source).to(device=device or "cpu", dtype=dtype)
-        self.model.requires_grad_(False)
-        self.model.eval()
-        self.mean, self.std, self.input_size = self.load_preprocessing(source)
-        self.patch_size = int(self.model.config.patch_size)
-        side = self.input_size // self.patch_size
-        self.grid = (side, side)
-        self.z_dim = int(self.model.config.hidden_size)
-
-    def load_model(self, source: str):
-        raise NotImplementedError
-
-    def load_preprocessing(self, source: str) -> tuple[tuple, tuple, int]:
-        """Mean, std and square input size from the model's own image processor (or its config)."""
-        mean, std, size = IMAGENET_MEAN, IMAGENET_STD, int(self.model.config.image_size)
-        config_path = Path(source) / "preprocessor_config.json"
-        data = None
-        if config_path.is_file():
-            data = json.loads(config_path.read_text())
-        else:
-            try:
-                from transformers import AutoImageProcessor
-
-                data = AutoImageProcessor.from_pretrained(source).to_dict()
-            except (OSError, ValueError):
-                data = None
-        if data:
-            mean = tuple(data.get("image_mean") or mean)
-            std = tuple(data.get("image_std") or std)
-            crop = data.get("crop_size") if data.get("do_center_crop", True) else None
-            resize = data.get("size") or {}
-            if isinstance(crop, dict) and crop.get("height"):
-                size = int(crop["height"])
-            elif isinstance(resize, dict) and (resize.get("height") or resize.get("shortest_edge")):
-                size = int(resize.get("height") or resize.get("shortest_edge"))
-        return mean, std, size
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def to(self, device=None, dtype=None) -> "HFVisionTeacher":
-        self.model.to(device=device, dtype=dtype)
-        return self
-
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """Resize the whole (already squared) image to the teacher's size; normalise with its mean/std."""
-        arrays = []
-        for image in images:
-            resized = image.convert("RGB").resize((self.input_size, self.input_size), Image.BICUBIC)
-            arrays.append(np.asarray(resized, dtype=np.float32) / 255.0)
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # [B, 3, S, S]
-        mean = torch.tensor(self.mean, dtype=torch.float32)[None, :, None, None]
-        std = torch.tensor(self.std, dtype=torch.float32)[None, :, None, None]
-        return (pixels - mean) / std
-
-    def patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        parameter = next(self.model.parameters())
-        tokens = self.patch_tokens(pixel_values.to(parameter.device, parameter.dtype))  # [B, h*w, D]
-        return resample_grid(tokens, self.grid, self.student_grid)  # [B, N_student, D]
-
-
-class Dinov2Teacher(HFVisionTeacher):
-    """DINOv2 (with or without registers): patch tokens after the final layer norm; CLS and registers dropped."""
-
-    def load_model(self, source: str):
-        from transformers import AutoModel
-
-        return AutoModel.from_pretrained(source)
-
-    def patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(pixel_values=pixel_values).last_hidden_state  # [B, 1 + R + h*w, D]
-        registers = int(getattr(self.model.config, "num_register_tokens", 0) or 0)
-        return hidden[:, 1 + registers:]
-
-
-TEACHER_FAMILIES = {"encoder": EncoderTeacher, "dinov2": Dinov2Teacher}
-MODEL_TYPE_FAMILIES = {"dinov2": "dinov2", "dinov2_with_registers": "dinov2"}
+def known_ids() -> list[str]:
+    return sorted(ALIASES) + ["dinov2-small|base|large|giant", "dinov2-with-registers-*", "<name>@L",
+                              "remote:<hub id or folder>[?output=..&pixels=unit|normalized]", "<hub id or folder>"]
 
 
 def resolve_teacher_spec(spec: str) -> tuple[str, str | None]:
     """(family, source) of a teacher id, alias, hub id or local folder; unknown ids list the known ones."""
-    if spec in ALIASES:
-        return ALIASES[spec]
-    path = Path(spec)
+    base, _ = split_layer(spec)
+    if base in ALIASES:
+        return ALIASES[base]
+    if base.startswith("remote:"):
+        return "remote", base[len("remote:"):]
+    path = Path(base)
     if path.is_dir():
         config_file = path / "config.json"
-        model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        model_type = config.get("model_type")
         if model_type in MODEL_TYPE_FAMILIES:
             return MODEL_TYPE_FAMILIES[model_type], str(path)
+        hint = f"; it has its own code (auto_map): use 'remote:{spec}'" if config.get("auto_map") else ""
         raise ConfigError(
             f"align.vra_target {spec!r} is a folder whose config.json has model_type {model_type!r}; "
-            f"teacher folders must hold one of {sorted(MODEL_TYPE_FAMILIES)}"
+            f"teacher folders must hold one of {sorted(MODEL_TYPE_FAMILIES)}{hint}"
         )
-    name = spec.split("/")[-1]
-    if spec.startswith("dinov2-") and "/" not in spec:
-        return "dinov2", f"facebook/{spec}"
-    if "/" in spec and "dinov2" in name:
-        return "dinov2", spec
-    known = sorted(ALIASES) + ["dinov2-small|base|large|giant", "dinov2-with-registers-*", "<hub id or folder>"]
-    raise ConfigError(f"unknown teacher id {spec!r} in align.vra_target; known: {known}")
+    if base.startswith("dinov2-") and "/" not in base:
+        return "dinov2", f"facebook/{base}"
+    if "/" in base:
+        name = base.split("/")[-1].lower()
+        for fragment, family in NAME_FAMILIES:
+            if fragment in name:
+                return family, base + (RADIO_ADAPTER if family == "remote" else "")
+    raise ConfigError(f"unknown teacher id {spec!r} in align.vra_target; known: {known_ids()}")
 
 
 def teacher_feature_dim(spec: str, vision_hidden_size: int) -> int:
@@ -214,4 +179,11 @@ def build_teacher(spec: str, student_grid: tuple[int, int], vision_hidden_size: 
         if vision_hidden_size is None:
             raise ValueError("the encoder teacher needs the vision tower's hidden size")
         return EncoderTeacher(spec, student_grid, vision_hidden_size)
-    return TEACHER_FAMILIES[family](spec, source, student_grid, device=device, dtype=dtype)
+    _, layer = split_layer(spec)
+    kwargs = {}
+    if layer is not None:
+        if family not in LAYERED_FAMILIES:
+            raise ConfigError(f"align.vra_target {spec!r}: a layer suffix @{layer} works for {LAYERED_FAMILIES} "
+                              f"teachers, not {family!r}")
+        kwargs["layer"] = layer
+    return TEACHER_FAMILIES[family](spec, source, student_grid, device=device, dtype=dtype, **kwargs)
