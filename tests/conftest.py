@@ -9,7 +9,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny ops: a second thread only spins (measured 5x the CPU time on a shared 2-core box)
 
 TINY_CORPUS = [
     "How many red circles are there ? Answer with a number .",

@@ -13,6 +13,7 @@ import sys
 # Modules whose `register(subparsers)` adds commands, in the order `viral --help` lists them.
 COMMAND_MODULES = [
     "viral.commands.train",
+    "viral.commands.cache_teacher",
     "viral.commands.infer",
     "viral.commands.shapes",
     "viral.commands.eval",

@@ -67,7 +67,7 @@ class AlignConfig:
 
     vra_loss: bool = False
     target_layers: list[int] = field(default_factory=lambda: [16])  # 1-based layer outputs, 0 = LLM input
-    vra_target: str = "dinov2-vit-b"  # teacher id: encoder | dinov2-* | a local folder | a hub id
+    vra_target: str = "dinov2-vit-b"  # teacher id (see viral.align.teachers): encoder | dinov2-* | clip-* | siglip-* | ...
     vra_weight: float = 0.5  # lambda
     projector_dim: int = 2048
     z_dim: int | None = None  # taken from the teacher when omitted
@@ -76,6 +76,7 @@ class AlignConfig:
     # The paper's residual baselines instead of the VRA loss: add P(z) (post_projection) or a learned
     # linear adapter of z (pre_projection) to the image-token states after layer target_layers[0].
     residual: str | None = None  # null | post_projection | pre_projection
+    teacher_cache: str | None = None  # folder written by `viral cache-teacher`: read targets instead of running the teacher
 
     def validate(self) -> None:
         if self.alignment_loss not in ("cosine", "relation"):

@@ -4,6 +4,9 @@
   target layers' image-token states with hooks, projects them, and compares them with the teacher's
   features (computed by the trainer from the teacher's own pixels, or, for the `encoder` target, the
   vision features z captured at the projector's input in the same forward pass).
+- With `align.teacher_cache` the targets are read from a folder written by `viral cache-teacher`
+  (`viral.align.cache`), checked against the configured teacher and student before training starts, and
+  no teacher is held in memory.
 - `ViralTrainer` adds the teacher (kept outside the model, the optimizer and the checkpoint), a
   separate learning rate for the vision projector, logging of L_LM and L_VRA at every logging step,
   and checkpoints that hold only trainable state.
@@ -25,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from viral.align.cache import TeacherCache, open_training_cache
 from viral.align.capture import LayerCapture
 from viral.align.losses import get_alignment_loss
 from viral.align.projector import AlignmentHead
@@ -161,9 +165,10 @@ class ViralTrainer(Trainer):
         inputs = dict(inputs)
         records = inputs.pop("record_index", None)
         self.num_skipped += int(inputs.pop("num_skipped", 0) or 0)
-        teacher_pixels = inputs.pop("teacher_pixel_values", None)
-        if teacher_pixels is not None and self.teacher is not None and "teacher_features" not in inputs:
-            inputs["teacher_features"] = self.teacher(teacher_pixels)  # [B_img, N, D_z], no grad
+        teacher_inputs = {key.removeprefix("teacher_"): inputs.pop(key) for key in list(inputs)
+                          if key.startswith("teacher_") and key != "teacher_features"}
+        if teacher_inputs and self.teacher is not None and "teacher_features" not in inputs:
+            inputs["teacher_features"] = self.teacher(**teacher_inputs)  # [B_img, N, D_z], no grad
         if num_items_in_batch is not None:
             inputs["num_items_in_batch"] = num_items_in_batch
             inputs["num_images_in_batch"] = self.num_images_in_batch
@@ -269,7 +274,7 @@ def configure_trainable(config: ExperimentConfig, llava: nn.Module) -> nn.Module
     return model
 
 
-def check_alignment_config(config: ExperimentConfig, llava: nn.Module, teacher: Teacher) -> int:
+def check_alignment_config(config: ExperimentConfig, llava: nn.Module, teacher: Teacher | TeacherCache) -> int:
     """Validate target layers and z_dim against the model and teacher; returns z_dim."""
     num_layers = llava.config.text_config.num_hidden_layers
     bad = [layer for layer in config.align.target_layers if not 0 <= layer <= num_layers]
@@ -348,7 +353,7 @@ def preflight(config: ExperimentConfig) -> None:
         raise ConfigError(f"align.target_layers {bad} out of range 0..{num_layers} for this LLM "
                           f"({num_layers} layers); the paper's 16 of 32 is the middle")
     z_dim = teacher_feature_dim(config.align.vra_target, vision_hidden)
-    if config.align.z_dim is not None and config.align.z_dim != z_dim:
+    if config.align.z_dim is not None and z_dim is not None and config.align.z_dim != z_dim:
         raise ConfigError(f"align.z_dim is {config.align.z_dim} but teacher {config.align.vra_target!r} "
                           f"gives {z_dim}-dim features; remove z_dim or set it to {z_dim}")
 
@@ -364,11 +369,15 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
     dtype = torch.bfloat16 if config.train.bf16 else torch.float32
     llava, processor = build_model(config.model, config.output_dir, data_path=config.data.path)
     teacher = None
+    cache = None
     head = None
     if config.align.vra_loss:
-        teacher = build_teacher(config.align.vra_target, image_grid(llava),
-                                vision_hidden_size=llava.config.vision_config.hidden_size)
-        z_dim = check_alignment_config(config, llava, teacher)
+        if config.align.teacher_cache:  # targets read from disk: no teacher in memory during training
+            cache = open_training_cache(config, image_grid(llava), processor.image_processor)
+        else:
+            teacher = build_teacher(config.align.vra_target, image_grid(llava),
+                                    vision_hidden_size=llava.config.vision_config.hidden_size)
+        z_dim = check_alignment_config(config, llava, cache if cache is not None else teacher)
         torch.manual_seed(config.train.seed)
         head = AlignmentHead(config.align.target_layers, llava.config.text_config.hidden_size,
                              config.align.projector_dim, z_dim, config.align.use_multiple_projectors)
@@ -387,15 +396,20 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
         teacher.to(device=device, dtype=dtype)
     template = resolve_template(config.data.template, processor)
     teacher_inputs = None
-    if teacher is not None and teacher.needs_pixels:
+    if cache is not None:
         def teacher_inputs(image, relpath):
-            return {"teacher_pixel_values": teacher.preprocess([image])[0]}  # [3, S, S]
+            return {"teacher_features": cache.features(relpath)}  # [N, z_dim] float16
+    elif teacher is not None and teacher.needs_pixels:
+        def teacher_inputs(image, relpath):
+            return {key: value[0] for key, value in teacher.inputs([image]).items()}  # e.g. [3, S, S]
     dataset = LlavaDataset(
         config.data.path, processor, template, image_folder=config.data.image_folder,
         image_aspect=config.data.image_aspect, model_max_length=config.data.model_max_length,
         num_image_tokens=num_image_tokens(llava), image_token_id=llava.config.image_token_id,
         teacher_inputs=teacher_inputs, skip_bad_records=config.data.skip_bad_records,
     )
+    if cache is not None:
+        cache.check_covers(record["image"] for record in dataset.records if record.get("image") is not None)
     metrics_path = Path(config.output_dir) / METRICS_NAME
     trim_metrics(metrics_path, config.train.resume_from_checkpoint)
     trainer = ViralTrainer(
@@ -410,7 +424,7 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
     trainer.num_skipped = dataset.num_skipped
     trainer.add_callback(NonFiniteGuard(trainer, config.train.max_bad_steps))
     parts = {"llava": llava, "mllm": mllm, "processor": processor, "head": head, "template": template,
-             "teacher": teacher, "dataset": dataset, "residual": residual}
+             "teacher": teacher, "teacher_cache": cache, "dataset": dataset, "residual": residual}
     return trainer, parts
 
 

@@ -157,18 +157,21 @@ def resolve_teacher_spec(spec: str) -> tuple[str, str | None]:
     raise ConfigError(f"unknown teacher id {spec!r} in align.vra_target; known: {known_ids()}")
 
 
-def teacher_feature_dim(spec: str, vision_hidden_size: int) -> int:
-    """The teacher's feature width from its config alone (no weights loaded); errors name the teacher."""
+def teacher_feature_dim(spec: str, vision_hidden_size: int) -> int | None:
+    """The teacher's feature width from its config alone (no weights loaded); None when only running the
+    model tells (remote code; `build_teacher` then probes it). Errors name the teacher."""
     family, source = resolve_teacher_spec(spec)
     if family == "encoder":
         return int(vision_hidden_size)
+    if family == "remote":
+        return None
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise ConfigError(f"align.vra_target {spec!r}: cannot read its config ({err})") from err
-    return int(config.hidden_size)
+    return TEACHER_FAMILIES[family].config_feature_dim(config)
 
 
 def build_teacher(spec: str, student_grid: tuple[int, int], vision_hidden_size: int | None = None,

@@ -289,7 +289,12 @@ class HFVisionTeacher(Teacher):
         return side, side
 
     def feature_dim(self) -> int:
-        return int(self.vision_config.hidden_size)
+        return self.config_feature_dim(self.vision_config)
+
+    @classmethod
+    def config_feature_dim(cls, config) -> int:
+        """Feature width from a full or vision-only config (no weights needed)."""
+        return int((getattr(config, "vision_config", None) or config).hidden_size)
 
     def describe(self) -> dict:
         return {**super().describe(), "layer": self.layer}

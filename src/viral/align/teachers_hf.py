@@ -165,8 +165,9 @@ class SamTeacher(HFVisionTeacher):
         side = int(self.vision_config.image_size) // int(self.vision_config.patch_size)
         return side, side
 
-    def feature_dim(self) -> int:
-        return int(self.vision_config.output_channels)
+    @classmethod
+    def config_feature_dim(cls, config) -> int:
+        return int((getattr(config, "vision_config", None) or config).output_channels)
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) after scaling the longest side to the input size, rounded as SAM's processor does."""
@@ -211,6 +212,10 @@ class DepthAnythingTeacher(HFVisionTeacher):
         if model_type != "depth_anything":
             raise TeacherLoadError(f"teacher {self.spec!r}: {source} is a {model_type!r} model, not Depth Anything")
         return load_frozen(DepthAnythingForDepthEstimation, source, self.spec).backbone
+
+    @classmethod
+    def config_feature_dim(cls, config) -> int:
+        return int((getattr(config, "backbone_config", None) or config).hidden_size)
 
     def patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=pixel_values, output_hidden_states=True)

@@ -251,7 +251,7 @@ class LlavaDataset(Dataset):
 class LlavaCollator:
     """Pads a list of items into a batch; image tensors are stacked for the samples that have one."""
 
-    IMAGE_KEYS = ("pixel_values", "teacher_pixel_values", "teacher_features")
+    IMAGE_KEYS = ("pixel_values", "teacher_pixel_values", "teacher_image_sizes", "teacher_features")
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
