@@ -1,4 +1,4 @@
-# make demo: the main job on the built-in default.  make test: the test suite.
+# make demo: the main job on the built-in default.  make test: the test suite.  make bench: benchmarks.
 # Both create .venv and install what they need on first use.
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,6 +16,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest tests
+
+bench: $(VENV)/.installed
+	mkdir -p runs/bench
+	$(PY) bench/step_overhead.py --steps 15 --warmup 3 --json runs/bench/step_overhead.json
 
 clean:
 	rm -rf $(VENV) runs
