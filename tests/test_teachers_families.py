@@ -62,6 +62,12 @@ def test_pixels_reach_the_teacher_with_its_own_normalisation(tiny_teachers, fami
     torch.testing.assert_close(values, expected.expand_as(values), atol=1e-5, rtol=0)
 
 
+def test_remote_code_buffers_are_filled_as_its_init_does(tiny_teachers):
+    # transformers 5 leaves non-persistent buffers of remote code empty; the loader refills them
+    teacher = build_teacher(tiny_teachers["remote"]["spec"], (4, 4))
+    torch.testing.assert_close(teacher.model.input_mean.flatten(), torch.tensor([0.4, 0.5, 0.6]))
+
+
 def test_remote_adapter_can_ask_for_normalised_pixels(tiny_teachers):
     spec = tiny_teachers["remote"]["spec"] + "?pixels=normalized&mean=0.5,0.5,0.5&std=0.25,0.25,0.25&size=32"
     teacher = build_teacher(spec, (4, 4))

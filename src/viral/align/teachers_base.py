@@ -112,9 +112,36 @@ def load_frozen(model_class, source: str, what: str, **kwargs) -> torch.nn.Modul
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise TeacherLoadError(f"teacher {what!r}: {source} does not hold the weights {shown}; they would be "
                                f"randomly initialised. Point align.vra_target at a complete checkpoint.")
+    restore_non_persistent_buffers(model)
+    bad = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise TeacherLoadError(f"teacher {what!r}: {source} gives non-finite values in {', '.join(bad[:8])}")
     model.requires_grad_(False)
     model.eval()
     return model
+
+
+def restore_non_persistent_buffers(model: torch.nn.Module) -> None:
+    """Fill a remote-code model's non-persistent buffers as its `__init__` does.
+
+    transformers 5 materialises non-persistent buffers empty and leaves filling them to `_init_weights`;
+    remote code written for earlier versions (RADIO-style input conditioners, position ids) fills them in
+    `__init__` only, so they would hold whatever memory held. The library's own models are left alone.
+    """
+    if not type(model).__module__.startswith("transformers_modules"):
+        return
+    names = [name for name, _ in model.named_non_persistent_buffers()] \
+        if hasattr(model, "named_non_persistent_buffers") else []
+    if not names:
+        return
+    fresh = dict(type(model)(model.config).named_buffers())  # runs __init__ once on the CPU
+    with torch.no_grad():
+        for name in names:
+            module_name, _, buffer_name = name.rpartition(".")
+            module = model.get_submodule(module_name) if module_name else model
+            current = getattr(module, buffer_name)
+            setattr(module, buffer_name, fresh[name].to(device=current.device, dtype=current.dtype))
 
 
 def read_processor_config(source: str) -> dict | None:
