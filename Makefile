@@ -19,7 +19,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	mkdir -p runs/bench
-	$(PY) bench/step_overhead.py --steps 15 --warmup 3 --json runs/bench/step_overhead.json
+	$(PY) bench/step_overhead.py --json runs/bench/step_overhead.json
 
 clean:
 	rm -rf $(VENV) runs

@@ -12,7 +12,9 @@ A step is everything a training step does: fetch the next batch from the Trainer
 decoding, the student's and the teacher's preprocessing or the cache read), forward, backward, AdamW step.
 
 Step time: the median over the timed rounds; each round runs one step of every arm, in an order rotated
-every round, so slow periods of a shared machine hit all arms alike.
+every round, so slow periods of a shared machine hit all arms alike. `x base` is the ratio of medians;
+`paired` the median over rounds of (this arm's step / the baseline's step in the same round), which
+cancels slow drifts of the machine's load.
 
 Peak memory: bytes held by PyTorch's CPU allocator for the arm, = its resident tensors at the start of a
 step (weights, buffers, optimizer state, and the teacher's weights when the arm holds one; storages counted
@@ -63,12 +65,12 @@ PRESETS = {
     "tiny": {"model": dict(hidden_size=128, num_layers=4, vision_hidden_size=64, vision_layers=4, image_size=64,
                            patch_size=8),
              "teacher": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14),
-             "projector_dim": 64, "batch_size": 8, "target_layers": [2], "images": 64, "rounds": 40},
+             "projector_dim": 64, "batch_size": 8, "target_layers": [2], "images": 64, "rounds": 80},
     "small": {"model": dict(hidden_size=512, num_layers=8, vision_hidden_size=256, vision_layers=6, image_size=224,
                             patch_size=16),
               "teacher": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, image_size=224,
                               patch_size=14),
-              "projector_dim": 256, "batch_size": 4, "target_layers": [4], "images": 48, "rounds": 15},
+              "projector_dim": 256, "batch_size": 4, "target_layers": [4], "images": 48, "rounds": 20},
 }
 ARMS = ["baseline", "live_teacher", "teacher_cache", "reference"]
 ARM_TITLES = {"baseline": "1 baseline (no VIRAL)", "live_teacher": "2 VIRAL, live teacher",
@@ -266,9 +268,10 @@ def run_preset(name: str, preset: dict, steps: int, warmup: int, work: Path, arm
     for arm in arm_names:
         median = statistics.median(arms[arm].times)
         quartiles = statistics.quantiles(arms[arm].times, n=4) if len(arms[arm].times) > 1 else [median] * 3
+        paired = statistics.median(t / b for t, b in zip(arms[arm].times, arms["baseline"].times))
         result["arms"][arm] = {
             "step_s_median": median, "step_s_iqr": [quartiles[0], quartiles[2]], "peak_mem_bytes": memory[arm],
-            "step_ratio_to_baseline": median / base_time,
+            "step_ratio_to_baseline": median / base_time, "step_ratio_paired_median": paired,
             "mem_ratio_to_baseline": memory[arm] / memory["baseline"],
         }
     arms.clear()
@@ -285,13 +288,14 @@ def format_table(result: dict) -> str:
         f"teacher DINOv2 {teacher['hidden_size']}x{teacher['num_hidden_layers']} @{teacher['image_size']}px, "
         f"projector_dim {result['projector_dim']}, batch {result['batch_size']}, "
         f"{result['steps']} timed rounds after {result['warmup']} warm-up, interleaved",
-        f"{'arm':<26}{'step s (median)':>16}{'IQR':>18}{'x base':>8}{'peak MiB':>10}{'x base':>8}",
+        f"{'arm':<26}{'step s (median)':>16}{'IQR':>18}{'x base':>8}{'paired':>8}{'peak MiB':>10}{'x base':>8}",
     ]
     for arm in result["arms"]:
         row = result["arms"][arm]
         low, high = row["step_s_iqr"]
         lines.append(f"{ARM_TITLES[arm]:<26}{row['step_s_median']:>16.4f}{f'{low:.4f}-{high:.4f}':>18}"
-                     f"{row['step_ratio_to_baseline']:>8.3f}{row['peak_mem_bytes'] / 2**20:>10.1f}"
+                     f"{row['step_ratio_to_baseline']:>8.3f}{row['step_ratio_paired_median']:>8.3f}"
+                     f"{row['peak_mem_bytes'] / 2**20:>10.1f}"
                      f"{row['mem_ratio_to_baseline']:>8.3f}")
     arms = result["arms"]
     share = result["head_flops"] / result["model_flops"] if result["model_flops"] else float("nan")
@@ -315,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="tiny,small", help="comma-separated, of: " + ", ".join(PRESETS))
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed rounds, one step of every arm each (default: 40 tiny, 15 small)")
+                        help="timed rounds, one step of every arm each (default: 80 tiny, 20 small)")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of: " + ", ".join(ARMS)
                         + " (baseline always runs)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")

@@ -20,7 +20,8 @@ def test_step_overhead_smoke_runs_each_arm_and_writes_json(tmp_path, capsys):
     assert list(arms) == ["baseline", "live_teacher", "teacher_cache", "reference"]
     for row in arms.values():
         assert row["step_s_median"] > 0 and row["peak_mem_bytes"] > 0
-        assert set(row) >= {"step_s_median", "peak_mem_bytes", "step_ratio_to_baseline", "mem_ratio_to_baseline"}
+        assert set(row) >= {"step_s_median", "peak_mem_bytes", "step_ratio_to_baseline", "mem_ratio_to_baseline",
+                            "step_ratio_paired_median"}
     assert arms["baseline"]["step_ratio_to_baseline"] == 1.0 and arms["baseline"]["mem_ratio_to_baseline"] == 1.0
     assert arms["live_teacher"]["peak_mem_bytes"] > arms["teacher_cache"]["peak_mem_bytes"]  # no teacher held
     assert 1.0 < result["flop_lower_bound_ratio"] < 1.5 and result["head_flops"] > 0
