@@ -140,3 +140,11 @@ def test_cache_errors_for_the_encoder_target_and_a_folder_that_is_no_cache(tmp_p
         build_trainer(config)
     with pytest.raises(TeacherCacheError, match="not a teacher cache"):
         TeacherCache(tmp_path)
+
+
+def test_cache_reads_a_llava_students_grid_and_processor_without_its_weights(tiny_llava_path):
+    from viral.align.cache import student_image_setup
+
+    config = load_config(None, ["model.preset=llava", f"model.model_path={tiny_llava_path}"])
+    processor, grid = student_image_setup(config)
+    assert grid == (8, 8) and len(processor.image_mean) == 3
