@@ -96,7 +96,7 @@ def layer_cknna(predictor, examples, k: int = 10, teacher=None, batch_size: int 
     (n = the image's tokens), averaged over images.
 
     References: "encoder" — the vision features z entering the projector; "teacher" — the features of
-    `teacher` (`.preprocess(images)`, `__call__(pixel_values) -> [B, N, D_z]` on the student grid).
+    `teacher` (`.features(images) -> [B, N, D_z]` on the student grid, see `viral.align.teachers`).
     Returns {"layers", "k", "n_images", "curves": {reference: {"mean": [...], "std": [...]}}}.
     """
     from viral.analysis.report import batches
@@ -111,9 +111,8 @@ def layer_cknna(predictor, examples, k: int = 10, teacher=None, batch_size: int 
         states = image_states(model, inputs, layers)
         references = {"encoder": states["encoder"]}  # [B, N, D_z]
         if teacher is not None:
-            with torch.no_grad():
-                pixels = teacher.preprocess(images).to(predictor.device)
-                references["teacher"] = teacher(pixels).detach().float().cpu()  # [B, N, D_t]
+            with torch.no_grad():  # `features`: the teacher's own inputs (SAM also needs the unpadded sizes)
+                references["teacher"] = teacher.features(images).detach().float().cpu()  # [B, N, D_t]
         for name, reference in references.items():
             per_layer = scores.setdefault(name, [[] for _ in layers])
             for layer in layers:
