@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from viral.config import load_config
 from viral.data.images import load_image
 from viral.data.shapes import generate
@@ -14,9 +16,10 @@ from viral.train import METRICS_NAME, train
 
 
 def run_demo(out_dir: str | Path, config_path: str | Path = "configs/tiny-shapes.yaml",
-             n_train: int = 4000, n_eval: int = 100, n_questions: int = 12, overrides: list[str] | None = None) -> dict:
+             n_train: int = 3000, n_eval: int = 100, n_questions: int = 12, overrides: list[str] | None = None) -> dict:
     """Generate (or reuse) data, train with VIRAL, answer a few ShapesBench questions; returns a summary."""
     start = time.time()
+    torch.set_num_threads(1)  # the tiny model's ops are too small to share: a second thread only spins
     out = Path(out_dir)
     data = out / "shapes"
     if not (data / "eval.jsonl").is_file():
