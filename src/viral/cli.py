@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "viral.commands.shapes",
     "viral.commands.eval",
     "viral.commands.demo",
+    "viral.commands.study",
 ]
 
 
