@@ -76,7 +76,7 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
     overrides = ["model.hidden_size=32", "model.num_layers=2", "align.target_layers=[1]", "align.projector_dim=16",
                  "train.per_device_train_batch_size=4", "train.logging_steps=1", "train.save_steps=1000",
                  "train.warmup_ratio=0"]
-    settings = StudySettings(seeds=[0, 1], overrides=overrides, n_train=24, n_eval=8, image_size=32,
+    settings = StudySettings(seeds=[0, 1], overrides=overrides, n_train=24, n_eval=8, image_size=32, turns=3,
                              pretrain_steps=2, finetune_steps=3, eval_batch_size=16)
     out = tmp_path / "study"
     summary = run_study(out, settings, EncoderSettings(**TINY_ENCODERS), data_dir=data, encoders_dir=encoders)

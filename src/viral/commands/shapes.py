@@ -15,6 +15,7 @@ def register(subparsers) -> None:
     gen.add_argument("--train", type=int, default=2000, help="number of training images")
     gen.add_argument("--eval", type=int, default=200, help="number of evaluation images (one question per type each)")
     gen.add_argument("--size", type=int, default=64, help="image side in pixels")
+    gen.add_argument("--turns", type=int, default=3, help="question-answer turns per training image")
     gen.set_defaults(func=run_generate)
 
     enc = sub.add_parser(
@@ -36,7 +37,8 @@ def register(subparsers) -> None:
 def run_generate(args) -> int:
     from viral.data.shapes import generate
 
-    out = generate(args.out, seed=args.seed, n_train=args.train, n_eval=args.eval, size=args.size)
+    out = generate(args.out, seed=args.seed, n_train=args.train, n_eval=args.eval, size=args.size,
+                   turns=args.turns)
     print(f"ShapesWorld written to {out}")
     return 0
 

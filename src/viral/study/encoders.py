@@ -120,6 +120,27 @@ def _log_every(steps: int) -> int:
     return max(1, steps // 20)
 
 
+def sincos_positions(grid: int, dim: int) -> torch.Tensor:
+    """2-D sine-cosine position embeddings `[1 + grid*grid, dim]` (MAE style; a zero row for CLS).
+
+    Both encoders start from these instead of the default 0.02-std random positions: with those,
+    a small ViT trained from scratch on an objective that never needs position keeps almost none
+    (its patch features do not even predict their own row or column), unlike pretrained CLIP or
+    DINOv2, and nothing downstream could tell left from right.
+    """
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # [D/4]
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    parts = []
+    for coordinate in (rows.flatten(), cols.flatten()):
+        angles = coordinate[:, None] * omega[None]  # [N, D/4]
+        parts += [angles.sin(), angles.cos()]
+    table = torch.cat(parts, 1)  # [N, 4 * (D/4)]
+    table = F.pad(table, (0, dim - table.shape[1]))
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float()
+
+
 def build_student(settings: EncoderSettings, image_size: int):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -128,7 +149,11 @@ def build_student(settings: EncoderSettings, image_size: int):
         num_hidden_layers=settings.num_layers, num_attention_heads=settings.num_heads,
         image_size=image_size, patch_size=settings.patch_size, projection_dim=settings.hidden_size,
     )
-    return CLIPVisionModel(config)
+    model = CLIPVisionModel(config)
+    with torch.no_grad():
+        model.embeddings.position_embedding.weight.copy_(
+            sincos_positions(image_size // settings.patch_size, settings.hidden_size))
+    return model
 
 
 def build_teacher_model(settings: EncoderSettings):
@@ -139,7 +164,11 @@ def build_teacher_model(settings: EncoderSettings):
         num_attention_heads=settings.num_heads, mlp_ratio=2, image_size=settings.teacher_image_size,
         patch_size=settings.patch_size,
     )
-    return Dinov2Model(config)
+    model = Dinov2Model(config)
+    with torch.no_grad():
+        model.embeddings.position_embeddings.copy_(
+            sincos_positions(settings.teacher_image_size // settings.patch_size, settings.hidden_size)[None])
+    return model
 
 
 def train_student(train: WorldSplit, settings: EncoderSettings):

@@ -55,6 +55,7 @@ class StudySettings:
     n_train: int = 4000  # training images (3 QA turns each)
     n_eval: int = 1500  # evaluation images (one question per type when the type applies)
     image_size: int = 96
+    turns: int = 6  # QA turns per training image
     pretrain_steps: int = 300
     finetune_steps: int | None = None  # None: the config's train.max_steps
     eval_batch_size: int = 64
@@ -68,17 +69,17 @@ def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
 
     meta_file = data_dir / "meta.json"
     wanted = {"seed": settings.world_seed, "n_train": settings.n_train, "n_eval": settings.n_eval,
-              "size": settings.image_size}
+              "size": settings.image_size, "turns": settings.turns}
     if meta_file.is_file() and (data_dir / "eval.jsonl").is_file():
         meta = json.loads(meta_file.read_text())
         differs = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
         if differs:
             raise ConfigError(f"{data_dir} holds a ShapesWorld with different settings (found, wanted): {differs}; "
-                              "point --data elsewhere or match --train-images/--eval-images/--image-size")
+                              "point --data elsewhere or match --train-images/--eval-images")
         return data_dir
     logger.info("generating ShapesWorld in %s", data_dir)
     generate(data_dir, seed=settings.world_seed, n_train=settings.n_train, n_eval=settings.n_eval,
-             size=settings.image_size, progress=False)
+             size=settings.image_size, turns=settings.turns, progress=False)
     return data_dir
 
 
