@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "viral.commands.shapes",
     "viral.commands.eval",
     "viral.commands.demo",
+    "viral.commands.study",
     "viral.commands.analyze",
     "viral.commands.sweep",
 ]

@@ -37,6 +37,9 @@ class ModelConfig:
     model_path: str | None = None  # llava-hf checkpoint (preset: llava) or a folder written by `viral train`
     llm: str | None = None  # hub id or path of a causal LM (preset: compose)
     vision_tower: str | None = None  # hub id or path of a CLIP/SigLIP vision model (preset: compose)
+    # tiny preset: a folder with a trained CLIP vision model + its image processor to use as the vision
+    # tower (image and patch size then come from that folder); None builds a random tower
+    vision_tower_path: str | None = None
     projector_type: str = "mlp2x_gelu"  # mlp2x_gelu | linear
     vision_feature_layer: int = -2
     tokenizer_corpus: str | None = None  # text file / LLaVA JSON the tiny word-level tokenizer is trained on

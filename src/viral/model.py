@@ -7,7 +7,9 @@ Three ways, chosen by `ModelConfig.preset`:
 - `llava`: an existing llava-hf checkpoint (or a folder written by `viral train`);
 - `tiny`: every part built locally from configs (Llama-architecture LLM, CLIP-architecture vision
   tower, a word-level tokenizer trained on the dataset's own text, a chat template), saved to a
-  folder and loaded back through `from_pretrained` - the path a hub id takes.
+  folder and loaded back through `from_pretrained` - the path a hub id takes. With
+  `model.vision_tower_path` the vision tower and image processor come from that folder (a trained
+  CLIP vision model, e.g. the ShapesWorld study's stage-0 student) instead of a random tower.
 
 Whatever the preset, the result is a plain llava-hf model: `LlavaForConditionalGeneration.from_pretrained`
 loads what `save_pretrained` wrote without importing viral.
@@ -122,16 +124,21 @@ def build_tiny(texts: list[str], cfg: ModelConfig, out_dir: str | Path) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    vision_config = CLIPVisionConfig(
-        hidden_size=cfg.vision_hidden_size,
-        intermediate_size=cfg.vision_hidden_size * 2,
-        num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=4,
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        projection_dim=cfg.vision_hidden_size,
-    )
-    grid = cfg.image_size // cfg.patch_size
+    tower = None
+    if cfg.vision_tower_path:
+        tower = _load_vision_tower(cfg.vision_tower_path, torch.float32)
+        vision_config = tower.config
+    else:
+        vision_config = CLIPVisionConfig(
+            hidden_size=cfg.vision_hidden_size,
+            intermediate_size=cfg.vision_hidden_size * 2,
+            num_hidden_layers=cfg.vision_layers,
+            num_attention_heads=4,
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            projection_dim=cfg.vision_hidden_size,
+        )
+    grid = vision_config.image_size // vision_config.patch_size
     config = LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
@@ -142,16 +149,21 @@ def build_tiny(texts: list[str], cfg: ModelConfig, out_dir: str | Path) -> Path:
         vision_feature_select_strategy="default",
     )
     model = LlavaForConditionalGeneration(config)
+    if tower is not None:  # the trained tower's weights, unchanged
+        model.model.vision_tower.load_state_dict(tower.state_dict())
     if cfg.projector_type == "linear":
         _make_linear_projector(model)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": cfg.image_size},
-        crop_size={"height": cfg.image_size, "width": cfg.image_size},
-    )
-    processor = build_processor(image_processor, tokenizer, cfg.patch_size, get_template("tiny"))
+    if tower is not None:
+        image_processor = AutoImageProcessor.from_pretrained(cfg.vision_tower_path)
+    else:
+        image_processor = CLIPImageProcessor(
+            size={"shortest_edge": cfg.image_size},
+            crop_size={"height": cfg.image_size, "width": cfg.image_size},
+        )
+    processor = build_processor(image_processor, tokenizer, vision_config.patch_size, get_template("tiny"))
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir

@@ -1,4 +1,5 @@
-"""`viral shapes generate`: write the built-in ShapesWorld dataset (training records, ShapesBench, label maps)."""
+"""`viral shapes generate`: write the built-in ShapesWorld dataset (training records, ShapesBench, label maps).
+`viral shapes encoders`: stage 0 of the study - train the student vision tower and the teacher VFM on it."""
 
 from __future__ import annotations
 
@@ -14,12 +15,53 @@ def register(subparsers) -> None:
     gen.add_argument("--train", type=int, default=2000, help="number of training images")
     gen.add_argument("--eval", type=int, default=200, help="number of evaluation images (one question per type each)")
     gen.add_argument("--size", type=int, default=64, help="image side in pixels")
+    gen.add_argument("--turns", type=int, default=3, help="question-answer turns per training image")
     gen.set_defaults(func=run_generate)
+
+    enc = sub.add_parser(
+        "encoders", help="stage 0: train the student vision tower (global) and the teacher VFM (dense)",
+        description="Trains a CLIP-architecture student on presence of (shape, colour) pairs only and a "
+                    "DINOv2-architecture teacher on per-patch shape and colour from the label maps; saves both "
+                    "in transformers format (OUT/student, OUT/teacher) and writes OUT/report.json with their "
+                    "patch-level probes and the alignment diagnostics. Reused when OUT already holds them.",
+    )
+    enc.add_argument("--data", required=True, help="ShapesWorld folder (from `viral shapes generate`)")
+    enc.add_argument("--out", required=True, help="output folder")
+    enc.add_argument("--steps", type=int, default=None, help="training steps of each encoder")
+    enc.add_argument("--probe-steps", type=int, default=None, help="training steps of each probe")
+    enc.add_argument("--force", action="store_true", help="retrain even when OUT holds encoders")
+    enc.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    enc.set_defaults(func=run_encoders)
 
 
 def run_generate(args) -> int:
     from viral.data.shapes import generate
 
-    out = generate(args.out, seed=args.seed, n_train=args.train, n_eval=args.eval, size=args.size)
+    out = generate(args.out, seed=args.seed, n_train=args.train, n_eval=args.eval, size=args.size,
+                   turns=args.turns)
     print(f"ShapesWorld written to {out}")
+    return 0
+
+
+def run_encoders(args) -> int:
+    import json
+    import logging
+
+    import torch
+
+    from viral.study.encoders import EncoderSettings, train_encoders
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = EncoderSettings()
+    if args.steps is not None:
+        settings.student_steps = settings.teacher_steps = args.steps
+    if args.probe_steps is not None:
+        settings.probe_steps = args.probe_steps
+    report = train_encoders(args.data, args.out, settings, force=args.force)
+    summary = {key: report[key] for key in ("probes", "diagnostics", "seconds") if key in report}
+    summary["student_eval"], summary["teacher_eval"] = report["student"]["eval"], report["teacher"]["eval"]
+    print(json.dumps(summary, indent=2))
+    print(f"encoders written to {args.out} (student/, teacher/, report.json)")
     return 0

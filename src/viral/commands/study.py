@@ -1,0 +1,89 @@
+"""`viral study`: the ShapesWorld baseline-versus-VIRAL study over several seeds (see `viral.study`)."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Runs the whole ShapesWorld study: the world (OUT/shapes, reused), stage 0 (OUT/encoders: the student
+vision tower with a global objective, the teacher VFM with a dense one, reused), then per seed stage 1
+(projector pre-training on captions) and stage 2 twice from the same weights and data order -
+baseline and VIRAL (teacher = the stage-0 teacher) - and ShapesBench on both. Writes OUT/study.json,
+OUT/study.md and OUT/study.png: per question type each arm's mean ± std over seeds and the paired
+tests of the difference. Finished runs are reused and interrupted ones resume.
+"""
+
+
+def add_study_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> None:
+    from viral.study.pipeline import DEFAULT_CONFIG
+
+    parser.add_argument("--out", default="runs/demo" if demo else "runs/study", help="output folder")
+    parser.add_argument("--data", default=None, help="ShapesWorld folder to use or create (default OUT/shapes)")
+    parser.add_argument("--encoders", default=None, help="stage-0 folder to use or create (default OUT/encoders)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"stage-2 config (default {DEFAULT_CONFIG})")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides of the config for every stage, e.g. model.hidden_size=256")
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="stage-1 steps")
+    parser.add_argument("--finetune-steps", type=int, default=None, help="stage-2 steps (default: the config's)")
+    parser.add_argument("--train-images", type=int, default=None, help="ShapesWorld training images")
+    parser.add_argument("--eval-images", type=int, default=None, help="ShapesBench images (one question per type)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="score only the first N questions")
+    parser.add_argument("--encoder-steps", type=int, default=None, help="stage-0 steps of each encoder")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="processes side by side (the two arms; the two encoders), one thread each")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the main process")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("study", help="baseline vs VIRAL on ShapesWorld over several seeds, with statistics",
+                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1), default 5")
+    parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
+    add_study_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def settings_from_args(args, seeds: list[int], defaults: dict | None = None):
+    """StudySettings and EncoderSettings from the parsed arguments (None: keep the defaults)."""
+    from viral.study.encoders import EncoderSettings
+    from viral.study.pipeline import StudySettings
+
+    settings = StudySettings(seeds=seeds, config=args.config, overrides=list(args.overrides), **(defaults or {}))
+    for flag, name in (("pretrain_steps", "pretrain_steps"), ("finetune_steps", "finetune_steps"),
+                       ("train_images", "n_train"), ("eval_images", "n_eval"), ("eval_limit", "eval_limit"),
+                       ("jobs", "jobs")):
+        if getattr(args, flag) is not None:
+            setattr(settings, name, getattr(args, flag))
+    encoders = EncoderSettings()
+    if args.encoder_steps is not None:
+        encoders.student_steps = encoders.teacher_steps = args.encoder_steps
+    return settings, encoders
+
+
+def setup(args) -> None:
+    import logging
+
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def run(args) -> int:
+    import shlex
+    import sys
+
+    from viral.study.pipeline import run_study
+    from viral.study.report import MAIN_HEADER, comparison_rows, format_table
+
+    setup(args)
+    settings, encoders = settings_from_args(args, list(range(args.first_seed, args.first_seed + args.seeds)))
+    command = "viral " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    summary = run_study(args.out, settings, encoders, data_dir=args.data, encoders_dir=args.encoders, command=command)
+    print()
+    print(format_table(MAIN_HEADER, comparison_rows(summary)))
+    print(f"\nwall time {summary['seconds']['total'] / 60:.1f} min")
+    for name, path in summary["outputs"].items():
+        print(f"{name}: {path}")
+    return 0

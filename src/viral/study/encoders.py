@@ -1,0 +1,361 @@
+"""Stage 0 of the study: the student's vision tower and the teacher VFM, trained once on ShapesWorld.
+
+- The **student** (CLIP vision architecture) is trained with a *global* objective only: from its pooled
+  output, predict which (shape, colour) pairs are present (multi-label, binary cross-entropy) -
+  nothing about counts or positions, the analogue of CLIP's image-level supervision.
+- The **teacher** (DINOv2 architecture) is trained with a *dense* objective: from every patch token,
+  predict the fraction of the patch covered by each shape and by each colour (soft cross-entropy
+  against the label maps pooled to the patch grid), the analogue of a dense foundation model.
+
+Both are saved in transformers format with their own image processors: `OUT/student` (a
+`CLIPVisionModel`, usable as `model.vision_tower_path`) and `OUT/teacher` (a `Dinov2Model`, usable as
+`align.vra_target`, loaded through the teacher registry like any DINOv2). `OUT/report.json` holds the
+training curves, each encoder's own objective on the eval split, the patch-level probes and the
+alignment diagnostics (`viral.study.probes`). A folder whose report has the same settings is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from viral.align.teachers import IMAGENET_MEAN, IMAGENET_STD
+from viral.data.shapes import COLOURS, SHAPES
+from viral.study.world import WorldSplit, load_split
+
+logger = logging.getLogger(__name__)
+
+STUDENT_DIR = "student"
+TEACHER_DIR = "teacher"
+REPORT_NAME = "report.json"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+NUM_SHAPE_CLASSES = len(SHAPES) + 1  # 0 = background
+NUM_COLOUR_CLASSES = len(COLOURS) + 1
+
+
+@dataclass
+class EncoderSettings:
+    """Sizes and optimisation of the two stage-0 encoders (both small ViTs)."""
+
+    hidden_size: int = 64
+    num_layers: int = 4
+    num_heads: int = 4
+    patch_size: int = 12
+    teacher_image_size: int = 96  # the teacher's own input size; its grid is resampled to the student's
+    student_steps: int = 1500
+    teacher_steps: int = 1500
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    n_train: int | None = None  # training images used (None: all)
+    probe_train: int = 3000  # images the probes and the linear map are fitted on
+    probe_test: int = 1000  # eval images they are scored on
+    probe_steps: int = 800
+    seed: int = 0
+
+
+def normalise(images: np.ndarray, mean, std) -> torch.Tensor:
+    """`[n, S, S, 3]` uint8 -> `[n, 3, S, S]` float, normalised with `mean`/`std`."""
+    pixels = torch.from_numpy(images).float().div_(255.0).permute(0, 3, 1, 2)
+    return (pixels - torch.tensor(mean)[None, :, None, None]) / torch.tensor(std)[None, :, None, None]
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize every image as the teacher registry does (PIL bicubic); unchanged when already `size`."""
+    if images.shape[1] == size:
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images])
+
+
+def presence_targets(split: WorldSplit) -> torch.Tensor:
+    """`[n, shapes * colours]` multi-hot: which (shape, colour) pairs the image holds."""
+    n_colours = len(COLOURS)
+    targets = torch.zeros(len(split), len(SHAPES) * n_colours)
+    for i, objects in enumerate(split.objects):
+        for o in objects:
+            targets[i, (o.shape - 1) * n_colours + (o.colour - 1)] = 1.0
+    return targets
+
+
+def dense_targets(split: WorldSplit, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fraction of each patch covered by each shape id and each colour id: `[n, g*g, 4]`, `[n, g*g, 5]`."""
+    labels = torch.from_numpy(split.labels.astype(np.int64))  # [n, S, S, 2]
+    out = []
+    for channel, classes in ((0, NUM_SHAPE_CLASSES), (1, NUM_COLOUR_CLASSES)):
+        one_hot = F.one_hot(labels[..., channel], classes).permute(0, 3, 1, 2).float()  # [n, C, S, S]
+        pooled = F.adaptive_avg_pool2d(one_hot, grid)  # [n, C, g, g]
+        out.append(pooled.flatten(2).transpose(1, 2))  # [n, g*g, C]
+    return out[0], out[1]
+
+
+def _flip(pixels: torch.Tensor, dense: list[torch.Tensor], grid: int | None, generator: torch.Generator):
+    """Random horizontal / vertical flips of a batch, applied to the dense targets too."""
+    for dim in (3, 2):
+        if torch.rand((), generator=generator) < 0.5:
+            pixels = pixels.flip(dim)
+            if grid is not None:
+                dense = [d.reshape(d.shape[0], grid, grid, -1).flip(dim - 1).flatten(1, 2) for d in dense]
+    return pixels, dense
+
+
+def _schedule(optimizer, steps: int):
+    warmup = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+
+
+def _log_every(steps: int) -> int:
+    return max(1, steps // 20)
+
+
+def sincos_positions(grid: int, dim: int) -> torch.Tensor:
+    """2-D sine-cosine position embeddings `[1 + grid*grid, dim]` (MAE style; a zero row for CLS).
+
+    Both encoders start from these instead of the default 0.02-std random positions: with those,
+    a small ViT trained from scratch on an objective that never needs position keeps almost none
+    (its patch features do not even predict their own row or column), unlike pretrained CLIP or
+    DINOv2, and nothing downstream could tell left from right.
+    """
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # [D/4]
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    parts = []
+    for coordinate in (rows.flatten(), cols.flatten()):
+        angles = coordinate[:, None] * omega[None]  # [N, D/4]
+        parts += [angles.sin(), angles.cos()]
+    table = torch.cat(parts, 1)  # [N, 4 * (D/4)]
+    table = F.pad(table, (0, dim - table.shape[1]))
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float()
+
+
+def build_student(settings: EncoderSettings, image_size: int):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(
+        hidden_size=settings.hidden_size, intermediate_size=settings.hidden_size * 2,
+        num_hidden_layers=settings.num_layers, num_attention_heads=settings.num_heads,
+        image_size=image_size, patch_size=settings.patch_size, projection_dim=settings.hidden_size,
+    )
+    model = CLIPVisionModel(config)
+    with torch.no_grad():
+        model.embeddings.position_embedding.weight.copy_(
+            sincos_positions(image_size // settings.patch_size, settings.hidden_size))
+    return model
+
+
+def build_teacher_model(settings: EncoderSettings):
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(
+        hidden_size=settings.hidden_size, num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads, mlp_ratio=2, image_size=settings.teacher_image_size,
+        patch_size=settings.patch_size,
+    )
+    model = Dinov2Model(config)
+    with torch.no_grad():
+        model.embeddings.position_embeddings.copy_(
+            sincos_positions(settings.teacher_image_size // settings.patch_size, settings.hidden_size)[None])
+    return model
+
+
+def train_student(train: WorldSplit, settings: EncoderSettings):
+    """The CLIP-architecture tower trained on presence of (shape, colour) pairs; returns (model, head, curve)."""
+    torch.manual_seed(settings.seed)
+    model = build_student(settings, train.size)
+    head = nn.Linear(settings.hidden_size, len(SHAPES) * len(COLOURS))
+    pixels = normalise(train.images, CLIP_MEAN, CLIP_STD)  # [n, 3, S, S]
+    targets = presence_targets(train)  # [n, 12]
+    params = list(model.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.01)
+    scheduler = _schedule(optimizer, settings.student_steps)
+    generator = torch.Generator().manual_seed(settings.seed)
+    curve = []
+    model.train()
+    for step in range(settings.student_steps):
+        index = torch.randint(len(pixels), (settings.batch_size,), generator=generator)
+        batch, _ = _flip(pixels[index], [], None, generator)
+        logits = head(model(pixel_values=batch).pooler_output)  # [B, 12]
+        loss = F.binary_cross_entropy_with_logits(logits, targets[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if step % _log_every(settings.student_steps) == 0 or step == settings.student_steps - 1:
+            curve.append({"step": step, "loss": round(loss.item(), 5)})
+            logger.info("student step %d loss %.4f", step, loss.item())
+    model.eval()
+    return model, head, curve
+
+
+def train_teacher(train: WorldSplit, settings: EncoderSettings):
+    """The DINOv2-architecture model trained on per-patch shape and colour; returns (model, heads, curve)."""
+    torch.manual_seed(settings.seed + 1)
+    model = build_teacher_model(settings)
+    grid = settings.teacher_image_size // settings.patch_size
+    shape_head = nn.Linear(settings.hidden_size, NUM_SHAPE_CLASSES)
+    colour_head = nn.Linear(settings.hidden_size, NUM_COLOUR_CLASSES)
+    pixels = normalise(resize_images(train.images, settings.teacher_image_size), IMAGENET_MEAN, IMAGENET_STD)
+    shape_frac, colour_frac = dense_targets(train, grid)  # [n, g*g, 4], [n, g*g, 5]
+    params = list(model.parameters()) + list(shape_head.parameters()) + list(colour_head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.01)
+    scheduler = _schedule(optimizer, settings.teacher_steps)
+    generator = torch.Generator().manual_seed(settings.seed + 1)
+    curve = []
+    model.train()
+    for step in range(settings.teacher_steps):
+        index = torch.randint(len(pixels), (settings.batch_size,), generator=generator)
+        batch, (shapes, colours) = _flip(pixels[index], [shape_frac[index], colour_frac[index]], grid, generator)
+        tokens = model(pixel_values=batch).last_hidden_state[:, 1:]  # [B, g*g, D]
+        loss = soft_cross_entropy(shape_head(tokens), shapes) + soft_cross_entropy(colour_head(tokens), colours)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if step % _log_every(settings.teacher_steps) == 0 or step == settings.teacher_steps - 1:
+            curve.append({"step": step, "loss": round(loss.item(), 5)})
+            logger.info("teacher step %d loss %.4f", step, loss.item())
+    model.eval()
+    return model, (shape_head, colour_head), curve
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a distribution over classes, `[..., C]`, averaged over all leading dims."""
+    return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+@torch.no_grad()
+def student_objective(model, head, split: WorldSplit) -> dict[str, float]:
+    """Presence prediction on `split`: exact-set accuracy and per-label accuracy (the student's own task)."""
+    logits = torch.cat([head(model(pixel_values=p).pooler_output)
+                        for p in normalise(split.images, CLIP_MEAN, CLIP_STD).split(256)])
+    predicted = (logits > 0).float()
+    targets = presence_targets(split)
+    return {"presence_exact_set": round(float((predicted == targets).all(1).float().mean()) * 100, 2),
+            "presence_label_accuracy": round(float((predicted == targets).float().mean()) * 100, 2)}
+
+
+@torch.no_grad()
+def teacher_objective(model, heads, split: WorldSplit, settings: EncoderSettings) -> dict[str, float]:
+    """Per-patch majority shape and colour on `split`, over all patches and over patches with an object."""
+    grid = settings.teacher_image_size // settings.patch_size
+    pixels = normalise(resize_images(split.images, settings.teacher_image_size), IMAGENET_MEAN, IMAGENET_STD)
+    tokens = torch.cat([model(pixel_values=p).last_hidden_state[:, 1:] for p in pixels.split(256)])
+    shape_frac, colour_frac = dense_targets(split, grid)
+    occupied = shape_frac[..., 0] < 0.5
+    result = {}
+    for name, head, frac in (("shape", heads[0], shape_frac), ("colour", heads[1], colour_frac)):
+        correct = head(tokens).argmax(-1) == frac.argmax(-1)
+        result[f"patch_{name}_accuracy"] = round(float(correct.float().mean()) * 100, 2)
+        result[f"object_patch_{name}_accuracy"] = round(float(correct[occupied].float().mean()) * 100, 2)
+    return result
+
+
+def save_student(model, out: Path, image_size: int) -> Path:
+    from transformers import CLIPImageProcessor
+
+    model.save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                       image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(out)
+    return out
+
+
+def save_teacher(model, out: Path, image_size: int) -> Path:
+    from transformers import BitImageProcessor
+
+    model.save_pretrained(out)
+    BitImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                      image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(out)
+    return out
+
+
+OBJECTIVE_HEAD_NAME = "objective_head.safetensors"
+
+
+def _save_heads(heads: dict[str, nn.Module], folder: Path) -> None:
+    """The objective's linear heads beside the encoder (not part of the transformers model)."""
+    from safetensors.torch import save_file
+
+    save_file({f"{name}.{k}": v.detach().contiguous() for name, head in heads.items()
+               for k, v in head.state_dict().items()}, str(folder / OBJECTIVE_HEAD_NAME))
+
+
+def stage0_encoder(kind: str, data_dir: str, out: str, settings_dict: dict[str, Any],
+                   threads: int | None = None) -> dict[str, Any]:
+    """Train one encoder ("student" or "teacher"), save it, score its own objective on eval images."""
+    if threads:
+        torch.set_num_threads(threads)
+    settings = EncoderSettings(**settings_dict)
+    start, cpu = time.time(), time.process_time()
+    train = load_split(data_dir, "train", settings.n_train)
+    evaluation = load_split(data_dir, "eval", settings.probe_test)
+    folder = Path(out) / (STUDENT_DIR if kind == "student" else TEACHER_DIR)
+    if kind == "student":
+        model, head, curve = train_student(train, settings)
+        save_student(model, folder, train.size)
+        _save_heads({"presence": head}, folder)
+        section = {"architecture": "CLIPVisionModel", "image_size": train.size,
+                   "objective": "global: multi-label presence of (shape, colour) pairs from the pooled output",
+                   "eval": student_objective(model, head, evaluation)}
+    elif kind == "teacher":
+        model, heads, curve = train_teacher(train, settings)
+        save_teacher(model, folder, settings.teacher_image_size)
+        _save_heads({"shape": heads[0], "colour": heads[1]}, folder)
+        section = {"architecture": "Dinov2Model", "image_size": settings.teacher_image_size,
+                   "objective": "dense: per-patch shape and colour fractions from the label maps",
+                   "eval": teacher_objective(model, heads, evaluation, settings)}
+    else:
+        raise ValueError(f"unknown stage-0 encoder {kind!r}; choose student or teacher")
+    section.update({"path": str(folder), "curve": curve, "seconds": round(time.time() - start, 1),
+                    "cpu_seconds": round(time.process_time() - cpu, 1)})
+    return section
+
+
+def encoders_ready(out: str | Path, settings: EncoderSettings | None = None) -> bool:
+    """True when `out` holds both encoders and a report written with `settings` (any, when None)."""
+    out = Path(out)
+    report = out / REPORT_NAME
+    if not (report.is_file() and (out / STUDENT_DIR / "config.json").is_file()
+            and (out / TEACHER_DIR / "config.json").is_file()):
+        return False
+    return settings is None or json.loads(report.read_text()).get("settings") == asdict(settings)
+
+
+def train_encoders(data_dir: str | Path, out: str | Path, settings: EncoderSettings | None = None,
+                   force: bool = False, probes: bool = True, jobs: int = 1) -> dict[str, Any]:
+    """Stage 0: train, save and check both encoders; returns the report (reused when already written).
+
+    With `jobs` > 1 the two encoders train side by side in two processes of one thread each.
+    """
+    from viral.study.parallel import run_parallel
+    from viral.study.probes import encoder_probes
+
+    settings = settings or EncoderSettings()
+    out = Path(out)
+    if not force and encoders_ready(out, settings):
+        logger.info("reusing the stage-0 encoders in %s", out)
+        return json.loads((out / REPORT_NAME).read_text())
+    start = time.time()
+    calls = [(kind, str(data_dir), str(out), asdict(settings)) for kind in ("student", "teacher")]
+    student, teacher = run_parallel(stage0_encoder, calls, jobs)
+    report: dict[str, Any] = {"settings": asdict(settings), "data": str(data_dir),
+                              "student": student, "teacher": teacher}
+    train_seconds = time.time() - start
+    if probes:
+        report.update(encoder_probes(out / STUDENT_DIR, out / TEACHER_DIR, data_dir, settings.probe_train,
+                                     settings.probe_test, steps=settings.probe_steps, seed=settings.seed, jobs=jobs))
+    report["seconds"] = {"train": round(train_seconds, 1), "total": round(time.time() - start, 1)}
+    (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
+    return report

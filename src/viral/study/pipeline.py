@@ -1,0 +1,267 @@
+"""The study pipeline: world -> stage 0 encoders -> per seed, stage 1 then both arms of stage 2 -> evaluation.
+
+Layout under OUT (every number in `study.json` traces to a run folder):
+
+    shapes/                     the ShapesWorld data (reused when present; or --data elsewhere)
+    encoders/                   stage 0: student/, teacher/, report.json (reused; or --encoders elsewhere)
+    seed-K/pretrain/            stage 1: projector pre-training on captions (plain template, train.stage=pretrain)
+    seed-K/baseline/            stage 2 without alignment (align.vra_loss: false)
+    seed-K/viral/               stage 2 with VIRAL (teacher = encoders/teacher)
+    study.json, study.md, study.png
+
+Each run folder is what `viral train` writes (resolved `viral_config.yaml`, `metrics.jsonl`, TensorBoard
+events under `runs/`, the checkpoint) plus `eval/shapes.json` + `eval/predictions.jsonl` (stage 2)
+and `run.json` (wall and CPU seconds). Both arms of a seed start from the same stage-1 checkpoint with
+the same `train.seed` (hence the same data order); the seed changes the tiny model's initialisation and
+the data order, never the world or the benchmark.
+
+Runs are resumable: a finished run (its `run.json`) is reused, an interrupted one resumes from its
+last `checkpoint-*`, and a folder holding a different config is an error rather than silently mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from viral.config import ConfigError, config_from_dict, load_config
+from viral.study.encoders import STUDENT_DIR, TEACHER_DIR, EncoderSettings, train_encoders
+from viral.study.parallel import run_parallel
+
+logger = logging.getLogger(__name__)
+
+ARMS = ("baseline", "viral")
+QUESTION_TYPES = ("count", "relation", "existence", "colour")
+RUN_RECORD = "run.json"
+EVAL_DIR = "eval"
+EVAL_FILE = "shapes.json"
+DEFAULT_CONFIG = "configs/shapes-study.yaml"
+
+
+@dataclass
+class StudySettings:
+    """What `viral study` varies; the model and optimisation live in the stage-2 config file."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    config: str = DEFAULT_CONFIG  # stage-2 config (VIRAL arm); stage 1 and the baseline derive from it
+    overrides: list[str] = field(default_factory=list)  # --set overrides of the stage-2 config
+    world_seed: int = 0
+    n_train: int = 4000  # training images (3 QA turns each)
+    n_eval: int = 1500  # evaluation images (one question per type when the type applies)
+    image_size: int = 96
+    turns: int = 6  # QA turns per training image
+    pretrain_steps: int = 300
+    finetune_steps: int | None = None  # None: the config's train.max_steps
+    eval_batch_size: int = 64
+    eval_limit: int | None = None
+    jobs: int = 1  # processes running the two arms of a seed side by side (1 thread each when > 1)
+
+
+def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
+    """Generate the world unless `data_dir` already holds one with the same seed, sizes and image size."""
+    from viral.data.shapes import generate
+
+    meta_file = data_dir / "meta.json"
+    wanted = {"seed": settings.world_seed, "n_train": settings.n_train, "n_eval": settings.n_eval,
+              "size": settings.image_size, "turns": settings.turns}
+    if meta_file.is_file() and (data_dir / "eval.jsonl").is_file():
+        meta = json.loads(meta_file.read_text())
+        differs = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
+        if differs:
+            raise ConfigError(f"{data_dir} holds a ShapesWorld with different settings (found, wanted): {differs}; "
+                              "point --data elsewhere or match --train-images/--eval-images")
+        return data_dir
+    logger.info("generating ShapesWorld in %s", data_dir)
+    generate(data_dir, seed=settings.world_seed, n_train=settings.n_train, n_eval=settings.n_eval,
+             size=settings.image_size, turns=settings.turns, progress=False)
+    return data_dir
+
+
+def stage_configs(settings: StudySettings, seed: int, data_dir: Path, encoders_dir: Path,
+                  seed_dir: Path) -> dict[str, dict[str, Any]]:
+    """Resolved config dicts of one seed's runs: `pretrain`, `baseline`, `viral`."""
+    common = list(settings.overrides) + [f"train.seed={seed}"]
+    if settings.finetune_steps is not None:
+        common.append(f"train.max_steps={settings.finetune_steps}")
+    viral = load_config(settings.config, common)
+    num_layers = viral.model.num_layers
+    pretrain_dir = seed_dir / "pretrain"
+    pretrain = load_config(settings.config, common + [
+        f"output_dir={pretrain_dir}", "model.preset=tiny", f"model.seed={seed}",
+        f"model.vision_tower_path={encoders_dir / STUDENT_DIR}",
+        f"model.tokenizer_corpus={data_dir / 'train.json'},{data_dir / 'captions.json'}",
+        f"data.path={data_dir / 'captions.json'}", "data.template=plain", "train.stage=pretrain",
+        f"train.max_steps={settings.pretrain_steps}", "align.vra_loss=false",
+    ])
+    configs = {"pretrain": pretrain.to_dict()}
+    for arm in ARMS:
+        config = load_config(settings.config, common + [
+            f"output_dir={seed_dir / arm}", "model.preset=llava", f"model.model_path={pretrain_dir}",
+            f"data.path={data_dir / 'train.json'}", "train.stage=finetune",
+            f"align.vra_loss={'true' if arm == 'viral' else 'false'}",
+            f"align.vra_target={encoders_dir / TEACHER_DIR}",
+        ])
+        if arm == "viral" and any(not 0 < layer < num_layers for layer in config.align.target_layers):
+            logger.warning("align.target_layers %s: not a middle layer of a %d-layer LLM",
+                           config.align.target_layers, num_layers)
+        configs[arm] = config.to_dict()
+    return configs
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    config = json.loads(json.dumps(config))
+    config["train"].pop("resume_from_checkpoint", None)
+    return config
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = [p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(checkpoints, key=lambda p: int(p.name.split("-")[-1])) if checkpoints else None
+
+
+def run_one(config_dict: dict[str, Any], evaluate_on: str | None = None, eval_batch_size: int = 64,
+            eval_limit: int | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Train one run (or reuse / resume it), evaluate it on ShapesBench when asked; returns its record."""
+    import torch
+
+    from viral.train import RUN_CONFIG_NAME, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = config_from_dict(json.loads(json.dumps(config_dict)), source="study")
+    run_dir = Path(config.output_dir)
+    record_file = run_dir / RUN_RECORD
+    saved_config = run_dir / RUN_CONFIG_NAME
+    if saved_config.is_file():
+        saved = _comparable(yaml.safe_load(saved_config.read_text()))
+        if saved != _comparable(config.to_dict()):
+            raise ConfigError(f"{run_dir} holds a run with a different config ({saved_config}); "
+                              "use another --out or delete that folder")
+    record = json.loads(record_file.read_text()) if record_file.is_file() else None
+    if record is None:
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is not None:
+            logger.info("resuming %s from %s", run_dir, checkpoint)
+            config.train.resume_from_checkpoint = str(checkpoint)
+        start, cpu = time.time(), time.process_time()
+        train(config)
+        record = {"dir": str(run_dir), "train_seconds": round(time.time() - start, 1),
+                  "train_cpu_seconds": round(time.process_time() - cpu, 1), "threads": torch.get_num_threads(),
+                  "resumed_from": config.train.resume_from_checkpoint, "max_steps": config.train.max_steps}
+        record_file.write_text(json.dumps(record, indent=2))
+    if evaluate_on is not None and "scores" not in record:
+        record.update(evaluate_run(run_dir, evaluate_on, eval_batch_size, eval_limit))
+        record_file.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def evaluate_run(run_dir: Path, data_dir: str, batch_size: int = 64, limit: int | None = None) -> dict[str, Any]:
+    """ShapesBench on a finished run with `viral.evaluate`; scores per type, in percent."""
+    from viral.evaluate import evaluate
+    from viral.infer import Predictor
+
+    start, cpu = time.time(), time.process_time()
+    predictor = Predictor.from_pretrained(str(run_dir), device="cpu", dtype="float32")
+    summary = evaluate(predictor, "shapes", data_dir, output=run_dir / EVAL_DIR / EVAL_FILE, batch_size=batch_size,
+                       max_new_tokens=4, limit=limit, progress=False, model_path=str(run_dir))
+    scores = {name: summary["metrics"][name] for name in ("accuracy", *QUESTION_TYPES) if name in summary["metrics"]}
+    return {"scores": scores, "eval_seconds": round(time.time() - start, 1),
+            "eval_cpu_seconds": round(time.process_time() - cpu, 1), "questions": summary["counts"]["evaluated"]}
+
+
+def chance_levels(data_dir: Path) -> dict[str, float]:
+    """Per type, the accuracy (%) of always giving the benchmark's most frequent answer of that type."""
+    answers: dict[str, dict[str, int]] = {}
+    for line in (data_dir / "eval.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            counts = answers.setdefault(row["type"], {})
+            counts[row["answer"]] = counts.get(row["answer"], 0) + 1
+    return {name: round(100.0 * max(c.values()) / sum(c.values()), 2) for name, c in answers.items()}
+
+
+def per_question(run_dir: Path) -> dict[str, dict[str, bool]]:
+    """`{type: {question_id: correct}}` from a run's predictions.jsonl."""
+    out: dict[str, dict[str, bool]] = {}
+    for line in (run_dir / EVAL_DIR / "predictions.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out.setdefault(row["type"], {})[row["question_id"]] = bool(row["correct"])
+            out.setdefault("accuracy", {})[row["question_id"]] = bool(row["correct"])
+    return out
+
+
+def run_study(out: str | Path, settings: StudySettings | None = None, encoder_settings: EncoderSettings | None = None,
+              data_dir: str | Path | None = None, encoders_dir: str | Path | None = None,
+              command: str | None = None) -> dict[str, Any]:
+    """The whole study; writes study.json, study.md and study.png under `out` and returns the summary."""
+    from viral.study.report import write_report
+    from viral.study.stats import mcnemar, summarise
+
+    settings = settings or StudySettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start, cpu = time.time(), time.process_time()
+    data = ensure_world(Path(data_dir) if data_dir else out / "shapes", settings)
+    encoders = Path(encoders_dir) if encoders_dir else out / "encoders"
+    stage0_start = time.time()
+    encoder_report = train_encoders(data, encoders, encoder_settings, jobs=settings.jobs)
+    stage0_seconds = time.time() - stage0_start
+    runs: dict[int, dict[str, Any]] = {}
+    for seed in settings.seeds:
+        seed_dir = out / f"seed-{seed}"
+        configs = stage_configs(settings, seed, data, encoders, seed_dir)
+        logger.info("seed %d: stage 1 (projector pre-training)", seed)
+        pretrain = run_one(configs["pretrain"], threads=settings.jobs if settings.jobs > 1 else None)
+        logger.info("seed %d: stage 2, arms %s", seed, ", ".join(ARMS))
+        calls = [(configs[arm], str(data), settings.eval_batch_size, settings.eval_limit) for arm in ARMS]
+        records = run_parallel(run_one, calls, settings.jobs)
+        runs[seed] = {"pretrain": pretrain, **dict(zip(ARMS, records))}
+    scores = {arm: {seed: runs[seed][arm]["scores"] for seed in settings.seeds} for arm in ARMS}
+    types = ["accuracy", *QUESTION_TYPES]
+    within_seed = {}
+    for seed in settings.seeds:
+        b, v = per_question(Path(runs[seed]["baseline"]["dir"])), per_question(Path(runs[seed]["viral"]["dir"]))
+        within_seed[seed] = {name: mcnemar(b[name], v[name]) for name in types if name in b and name in v}
+    summary = {
+        "command": command,
+        "settings": asdict(settings),
+        "data": str(data),
+        "encoders": {"dir": str(encoders), **{k: encoder_report.get(k) for k in
+                                                ("probes", "diagnostics", "seconds")},
+                     "student_eval": encoder_report["student"]["eval"],
+                     "teacher_eval": encoder_report["teacher"]["eval"]},
+        "chance": chance_levels(data),
+        "runs": {str(seed): runs[seed] for seed in settings.seeds},
+        "statistics": summarise(scores, types),
+        "mcnemar_per_seed": {str(seed): value for seed, value in within_seed.items()},
+        "seconds": {"total": round(time.time() - start, 1), "stage0": round(stage0_seconds, 1),
+                    "cpu_main_process": round(time.process_time() - cpu, 1)},
+    }
+    summary["above_chance"] = above_chance(summary)
+    (out / "study.json").write_text(json.dumps(summary, indent=2))
+    summary["outputs"] = write_report(out, summary)
+    (out / "study.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def above_chance(summary: dict[str, Any], margin: float = 5.0) -> dict[str, Any]:
+    """Per arm and type: is every seed's accuracy at least `margin` points above the type's chance?"""
+    result: dict[str, Any] = {"margin": margin, "all": True}
+    for arm in ARMS:
+        result[arm] = {}
+        for name in QUESTION_TYPES:
+            chance = summary["chance"].get(name)
+            values = [run[arm]["scores"].get(name) for run in summary["runs"].values()]
+            if chance is None or any(v is None for v in values):
+                continue
+            ok = min(values) >= chance + margin
+            result[arm][name] = ok
+            result["all"] = result["all"] and ok
+    return result

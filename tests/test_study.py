@@ -1,0 +1,145 @@
+"""The ShapesWorld study machinery: stage-0 encoders and a two-arm mini-study on a very small world."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from viral.study.encoders import EncoderSettings, train_encoders
+
+TINY_ENCODERS = dict(hidden_size=32, num_layers=2, num_heads=4, patch_size=8, teacher_image_size=48,
+                     student_steps=3, teacher_steps=3, batch_size=8, probe_train=24, probe_test=8, probe_steps=3)
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    from viral.data.shapes import generate
+
+    return generate(tmp_path_factory.mktemp("world"), seed=0, n_train=24, n_eval=8, size=32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def stage0(small_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("encoders")
+    report = train_encoders(small_world, out, EncoderSettings(**TINY_ENCODERS))
+    return out, report
+
+
+def test_stage0_writes_loadable_encoders_and_the_teacher_loads_through_the_registry(stage0, small_world):
+    from PIL import Image
+    from transformers import AutoImageProcessor, CLIPVisionModel
+
+    from viral.align.teachers import Dinov2Teacher, build_teacher
+
+    out, report = stage0
+    student = CLIPVisionModel.from_pretrained(out / "student")
+    processor = AutoImageProcessor.from_pretrained(out / "student")
+    assert student.config.image_size == 32 and student.config.patch_size == 8
+    image = Image.open(next((Path(small_world) / "images").glob("eval_*.png")))
+    pixels = processor(images=[image], return_tensors="pt")["pixel_values"]
+    assert student(pixel_values=pixels).last_hidden_state.shape == (1, 1 + 16, 32)
+
+    teacher = build_teacher(str(out / "teacher"), (4, 4))  # the registry path, as align.vra_target uses it
+    assert isinstance(teacher, Dinov2Teacher)
+    assert teacher.grid == (6, 6) and teacher.input_size == 48 and teacher.z_dim == 32  # its own 48 px, patch 8
+    features = teacher(teacher.preprocess([image]))
+    assert features.shape == (1, 16, 32)  # resampled to the student's 4x4 grid
+    assert not teacher.model.training and not any(p.requires_grad for p in teacher.parameters())
+
+    for kind in ("student", "teacher"):
+        assert report[kind]["curve"] and report[kind]["eval"]
+        for task in ("count", "position"):
+            probe = report["probes"][kind][task]
+            assert all(0 <= probe[k] <= 100 for k in ("patch_attention_probe", "pooled_linear_probe", "chance"))
+    diagnostics = report["diagnostics"]
+    assert -1 <= diagnostics["constant_target_cosine"] <= 1 and -1 <= diagnostics["student_linear_map_cosine"] <= 1
+    assert json.loads((out / "report.json").read_text())["settings"] == report["settings"]
+
+
+def test_stage0_is_reused_when_settings_match(stage0, small_world):
+    out, report = stage0
+    before = (out / "student" / "model.safetensors").stat().st_mtime_ns
+    again = train_encoders(small_world, out, EncoderSettings(**TINY_ENCODERS))
+    assert again == report and (out / "student" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_two_arm_mini_study(tmp_path, small_world, stage0):
+    from viral.study.pipeline import StudySettings, run_study, stage_configs
+    from viral.train import ALIGNMENT_HEAD_NAME, build_trainer
+    from viral.config import config_from_dict
+
+    encoders, _ = stage0
+    data = tmp_path / "shapes"
+    data.symlink_to(small_world, target_is_directory=True)
+    overrides = ["model.hidden_size=32", "model.num_layers=2", "align.target_layers=[1]", "align.projector_dim=16",
+                 "train.per_device_train_batch_size=4", "train.logging_steps=1", "train.save_steps=1000",
+                 "train.warmup_ratio=0"]
+    settings = StudySettings(seeds=[0, 1], overrides=overrides, n_train=24, n_eval=8, image_size=32, turns=3,
+                             pretrain_steps=2, finetune_steps=3, eval_batch_size=16)
+    out = tmp_path / "study"
+    summary = run_study(out, settings, EncoderSettings(**TINY_ENCODERS), data_dir=data, encoders_dir=encoders)
+
+    written = json.loads((out / "study.json").read_text())
+    assert set(written["runs"]) == {"0", "1"} and (out / "study.md").is_file() and (out / "study.png").is_file()
+    for seed in ("0", "1"):
+        runs = written["runs"][seed]
+        assert set(runs) == {"pretrain", "baseline", "viral"}
+        baseline, viral = Path(runs["baseline"]["dir"]), Path(runs["viral"]["dir"])
+        for run in (baseline, viral):
+            assert (run / "config.json").is_file() and (run / "eval" / "shapes.json").is_file()
+            assert list((run / "runs").rglob("events.out.tfevents.*"))  # TensorBoard
+        # the baseline never built an alignment head: no head saved, no L_VRA logged
+        assert not (baseline / ALIGNMENT_HEAD_NAME).exists() and (viral / ALIGNMENT_HEAD_NAME).exists()
+        baseline_rows = [json.loads(x) for x in (baseline / "metrics.jsonl").read_text().splitlines()]
+        viral_rows = [json.loads(x) for x in (viral / "metrics.jsonl").read_text().splitlines()]
+        assert len(baseline_rows) == 3 and all(r["loss_vra"] is None for r in baseline_rows)
+        assert all(r["loss_vra"] is not None for r in viral_rows)
+        # same initial weights (the same stage-1 checkpoint) and seed in both arms
+        configs = {arm: yaml.safe_load((Path(runs[arm]["dir"]) / "viral_config.yaml").read_text()) for arm in
+                   ("baseline", "viral")}
+        assert configs["baseline"]["model"]["model_path"] == configs["viral"]["model"]["model_path"] == \
+            runs["pretrain"]["dir"]
+        assert configs["baseline"]["train"]["seed"] == configs["viral"]["train"]["seed"] == int(seed)
+        assert configs["viral"]["align"]["vra_target"] == str(encoders / "teacher")
+        assert not configs["baseline"]["align"]["vra_loss"] and configs["viral"]["align"]["vra_loss"]
+    for name in ("accuracy", "count", "relation", "existence", "colour"):
+        entry = written["statistics"]["types"][name]
+        assert len(entry["baseline"]["values"]) == len(entry["viral"]["values"]) == 2
+        assert {"paired_t", "sign_test", "mean_difference"} <= set(entry["paired"])
+        assert set(written["mcnemar_per_seed"]["0"][name]) >= {"p_value", "questions"}
+    assert summary["outputs"]["plot"].endswith("study.png")
+
+    # same data order in both arms: their trainers draw the same first batches
+    configs = stage_configs(settings, 0, data, encoders, out / "seed-0")
+    orders = []
+    for arm in ("baseline", "viral"):
+        config = config_from_dict(json.loads(json.dumps(configs[arm])))
+        config.output_dir = str(tmp_path / f"order-{arm}")
+        trainer, parts = build_trainer(config)
+        assert (parts["head"] is None) == (arm == "baseline")
+        loader = iter(trainer.get_train_dataloader())
+        orders.append([next(loader)["record_index"] for _ in range(3)])
+    assert orders[0] == orders[1]
+
+    # a second call reuses every finished run (nothing retrained)
+    stamp = (out / "seed-0" / "viral" / "model.safetensors").stat().st_mtime_ns
+    run_study(out, settings, EncoderSettings(**TINY_ENCODERS), data_dir=data, encoders_dir=encoders)
+    assert (out / "seed-0" / "viral" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_a_run_folder_with_another_config_is_refused(tmp_path, small_world, stage0):
+    from viral.config import ConfigError
+    from viral.study.pipeline import StudySettings, run_one, stage_configs
+
+    encoders, _ = stage0
+    settings = StudySettings(seeds=[0], overrides=["model.hidden_size=32", "model.num_layers=2"], pretrain_steps=1)
+    config = stage_configs(settings, 0, Path(small_world), encoders, tmp_path / "seed-0")["pretrain"]
+    run_dir = Path(config["output_dir"])
+    run_dir.mkdir(parents=True)
+    other = json.loads(json.dumps(config))
+    other["train"]["learning_rate"] = 0.5
+    (run_dir / "viral_config.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(ConfigError, match="different config"):
+        run_one(config)
