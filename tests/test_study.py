@@ -77,7 +77,8 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
                  "train.per_device_train_batch_size=4", "train.logging_steps=1", "train.save_steps=1000",
                  "train.warmup_ratio=0"]
     settings = StudySettings(seeds=[0, 1], overrides=overrides, n_train=24, n_eval=8, image_size=32, turns=3,
-                             pretrain_steps=2, finetune_steps=3, eval_batch_size=16)
+                             pretrain_steps=2, finetune_steps=3, eval_batch_size=16, curve_every=2,
+                             curve_questions=8)
     out = tmp_path / "study"
     summary = run_study(out, settings, EncoderSettings(**TINY_ENCODERS), data_dir=data, encoders_dir=encoders)
 
@@ -96,6 +97,8 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
         viral_rows = [json.loads(x) for x in (viral / "metrics.jsonl").read_text().splitlines()]
         assert len(baseline_rows) == 3 and all(r["loss_vra"] is None for r in baseline_rows)
         assert all(r["loss_vra"] is not None for r in viral_rows)
+        curve = [json.loads(x) for x in (viral / "eval_curve.jsonl").read_text().splitlines()]
+        assert [row["step"] for row in curve] == [2] and curve[0]["questions"] == 8
         # same initial weights (the same stage-1 checkpoint) and seed in both arms
         configs = {arm: yaml.safe_load((Path(runs[arm]["dir"]) / "viral_config.yaml").read_text()) for arm in
                    ("baseline", "viral")}

@@ -466,9 +466,17 @@ def load_alignment_head(path: str | Path) -> AlignmentHead:
     return head
 
 
-def train(config: ExperimentConfig) -> Path:
-    """Train as `config` says and export the result to `config.output_dir`."""
+def train(config: ExperimentConfig, callbacks: list[TrainerCallback] | None = None) -> Path:
+    """Train as `config` says and export the result to `config.output_dir`.
+
+    `callbacks` are added to the Trainer; each is also given `parts` (llava, processor, ...) as `.parts`
+    when it has that attribute, e.g. to evaluate the model being trained.
+    """
     trainer, parts = build_trainer(config)
+    for callback in callbacks or []:
+        if hasattr(callback, "parts"):
+            callback.parts = parts
+        trainer.add_callback(callback)
     config.save(Path(config.output_dir) / RUN_CONFIG_NAME)
     remove_stale_staging(config.output_dir)
     sigterm = SigtermCheckpoint()

@@ -83,8 +83,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _place_objects(rng: np.random.Generator, size: int) -> list[ShapeObject]:
-    count = int(rng.integers(1, MAX_OBJECTS + 1))
+def _place_objects(rng: np.random.Generator, size: int, max_objects: int = MAX_OBJECTS) -> list[ShapeObject]:
+    count = int(rng.integers(1, max_objects + 1))
     objects: list[ShapeObject] = []
     attempts = 0
     while len(objects) < count and attempts < 200:
@@ -193,11 +193,11 @@ def caption(objects: list[ShapeObject]) -> str:
     return (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
 
 
-def draw_scene(seed: int, split: str, index: int, size: int):
+def draw_scene(seed: int, split: str, index: int, size: int, max_objects: int = MAX_OBJECTS):
     """Objects, image and label map of one scene, from its own random stream."""
     split_id = {"train": 0, "eval": 1}[split]
     rng = np.random.default_rng([seed, split_id, index])
-    objects = _place_objects(rng, size)
+    objects = _place_objects(rng, size, max_objects)
     image, labels = _draw(objects, _background(rng, size))
     return rng, objects, image, labels
 
@@ -211,15 +211,27 @@ def _question(rng, objects, qtype):
 
 
 def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: int = 200, size: int = 64,
-             turns: int = 3, progress: bool = True) -> Path:
-    """Write a ShapesWorld dataset (see the module docstring) and return its folder."""
+             turns: int = 3, progress: bool = True, max_objects: int = MAX_OBJECTS,
+             type_weights: dict[str, float] | None = None) -> Path:
+    """Write a ShapesWorld dataset (see the module docstring) and return its folder.
+
+    `max_objects`: each image holds 1..max_objects objects. `type_weights`: how often each question type
+    is drawn for a training turn (default uniform); the benchmark always asks every type that applies.
+    """
+    weights = None
+    if type_weights is not None:
+        unknown = sorted(set(type_weights) - set(QUESTION_TYPES))
+        if unknown or not any(type_weights.values()):
+            raise ValueError(f"type_weights {type_weights}: give positive weights for some of {QUESTION_TYPES}")
+        weights = np.array([float(type_weights.get(t, 0.0)) for t in QUESTION_TYPES])
+        weights = weights / weights.sum()
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     train_records, caption_records, eval_records = [], [], []
     for split, count in (("train", n_train), ("eval", n_eval)):
         for i in tqdm(range(count), desc=f"ShapesWorld {split}", disable=not progress):
-            rng, objects, image, labels = draw_scene(seed, split, i, size)
+            rng, objects, image, labels = draw_scene(seed, split, i, size, max_objects)
             name = f"{split}_{i:06d}.png"
             image.save(out / "images" / name)
             labels.save(out / "labels" / name)
@@ -227,7 +239,10 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
             if split == "train":
                 conversation = []
                 for turn in range(turns):
-                    qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
+                    if weights is None:
+                        qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
+                    else:
+                        qtype = QUESTION_TYPES[int(rng.choice(len(QUESTION_TYPES), p=weights))]
                     made = _question(rng, objects, qtype) or _question(rng, objects, "existence")
                     question, answer = made
                     if turn == 0:
@@ -255,7 +270,8 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     (out / "train.json").write_text(json.dumps(train_records))
     (out / "captions.json").write_text(json.dumps(caption_records))
     (out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in eval_records))
-    meta = {"seed": seed, "n_train": n_train, "n_eval": n_eval, "size": size, "turns": turns, "shapes": SHAPES,
+    meta = {"seed": seed, "n_train": n_train, "n_eval": n_eval, "size": size, "turns": turns,
+            "max_objects": max_objects, "type_weights": type_weights, "shapes": SHAPES,
             "colours": list(COLOURS), "question_types": QUESTION_TYPES}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return out

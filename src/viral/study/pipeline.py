@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import TrainerCallback
 
 from viral.config import ConfigError, config_from_dict, load_config
 from viral.study.encoders import STUDENT_DIR, TEACHER_DIR, EncoderSettings, train_encoders
@@ -41,6 +42,7 @@ QUESTION_TYPES = ("count", "relation", "existence", "colour")
 RUN_RECORD = "run.json"
 EVAL_DIR = "eval"
 EVAL_FILE = "shapes.json"
+CURVE_FILE = "eval_curve.jsonl"
 DEFAULT_CONFIG = "configs/shapes-study.yaml"
 
 
@@ -56,10 +58,14 @@ class StudySettings:
     n_eval: int = 1500  # evaluation images (one question per type when the type applies)
     image_size: int = 96
     turns: int = 6  # QA turns per training image
+    max_objects: int = 6  # objects per image: 1..max_objects
+    type_weights: dict[str, float] | None = None  # how often each question type is drawn for training turns
     pretrain_steps: int = 300
     finetune_steps: int | None = None  # None: the config's train.max_steps
     eval_batch_size: int = 64
     eval_limit: int | None = None
+    curve_every: int = 250  # stage-2 steps between evaluations on the first `curve_questions` questions (0: off)
+    curve_questions: int = 1000
     jobs: int = 1  # processes running the two arms of a seed side by side (1 thread each when > 1)
 
 
@@ -69,7 +75,8 @@ def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
 
     meta_file = data_dir / "meta.json"
     wanted = {"seed": settings.world_seed, "n_train": settings.n_train, "n_eval": settings.n_eval,
-              "size": settings.image_size, "turns": settings.turns}
+              "size": settings.image_size, "turns": settings.turns, "max_objects": settings.max_objects,
+              "type_weights": settings.type_weights}
     if meta_file.is_file() and (data_dir / "eval.jsonl").is_file():
         meta = json.loads(meta_file.read_text())
         differs = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
@@ -79,7 +86,8 @@ def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
         return data_dir
     logger.info("generating ShapesWorld in %s", data_dir)
     generate(data_dir, seed=settings.world_seed, n_train=settings.n_train, n_eval=settings.n_eval,
-             size=settings.image_size, turns=settings.turns, progress=False)
+             size=settings.image_size, turns=settings.turns, max_objects=settings.max_objects,
+             type_weights=settings.type_weights, progress=False)
     return data_dir
 
 
@@ -125,8 +133,46 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(checkpoints, key=lambda p: int(p.name.split("-")[-1])) if checkpoints else None
 
 
+class EvalCurveCallback(TrainerCallback):
+    """Every `every` training steps: ShapesBench on the first `limit` questions with the model being trained.
+
+    Appends `{step, questions, scores}` to `eval_curve.jsonl` in the run folder (benchmark scores over
+    training steps). Decoding is greedy and the torch RNG state is restored, so training is unchanged.
+    """
+
+    def __init__(self, data_dir: str, run_dir: Path, every: int, limit: int, batch_size: int = 64):
+        self.data_dir, self.every, self.limit, self.batch_size = data_dir, every, limit, batch_size
+        self.path = run_dir / CURVE_FILE
+        self.parts: dict[str, Any] | None = None  # set by viral.train.train
+        self.seconds = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every <= 0 or state.global_step % self.every:
+            return
+        import torch
+
+        from viral.evaluate import evaluate
+        from viral.infer import Predictor
+
+        start = time.time()
+        llava, rng = self.parts["llava"], torch.get_rng_state()
+        try:
+            predictor = Predictor(llava, self.parts["processor"])
+            summary = evaluate(predictor, "shapes", self.data_dir, limit=self.limit, batch_size=self.batch_size,
+                               max_new_tokens=4, progress=False)
+        finally:
+            llava.train()
+            torch.set_rng_state(rng)
+        scores = {name: summary["metrics"][name] for name in ("accuracy", *QUESTION_TYPES) if name in summary["metrics"]}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": state.global_step, "questions": summary["counts"]["evaluated"],
+                                     "scores": scores}) + "\n")
+        self.seconds += time.time() - start
+
+
 def run_one(config_dict: dict[str, Any], evaluate_on: str | None = None, eval_batch_size: int = 64,
-            eval_limit: int | None = None, threads: int | None = None) -> dict[str, Any]:
+            eval_limit: int | None = None, curve_every: int = 0, curve_questions: int = 1000,
+            threads: int | None = None) -> dict[str, Any]:
     """Train one run (or reuse / resume it), evaluate it on ShapesBench when asked; returns its record."""
     import torch
 
@@ -149,10 +195,16 @@ def run_one(config_dict: dict[str, Any], evaluate_on: str | None = None, eval_ba
         if checkpoint is not None:
             logger.info("resuming %s from %s", run_dir, checkpoint)
             config.train.resume_from_checkpoint = str(checkpoint)
+        callbacks = []
+        if evaluate_on is not None and curve_every > 0:
+            if checkpoint is None and (run_dir / CURVE_FILE).exists():
+                (run_dir / CURVE_FILE).unlink()
+            callbacks.append(EvalCurveCallback(evaluate_on, run_dir, curve_every, curve_questions, eval_batch_size))
         start, cpu = time.time(), time.process_time()
-        train(config)
+        train(config, callbacks=callbacks)
         record = {"dir": str(run_dir), "train_seconds": round(time.time() - start, 1),
                   "train_cpu_seconds": round(time.process_time() - cpu, 1), "threads": torch.get_num_threads(),
+                  "curve_seconds": round(sum(c.seconds for c in callbacks), 1),
                   "resumed_from": config.train.resume_from_checkpoint, "max_steps": config.train.max_steps}
         record_file.write_text(json.dumps(record, indent=2))
     if evaluate_on is not None and "scores" not in record:
@@ -220,7 +272,8 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
         logger.info("seed %d: stage 1 (projector pre-training)", seed)
         pretrain = run_one(configs["pretrain"], threads=settings.jobs if settings.jobs > 1 else None)
         logger.info("seed %d: stage 2, arms %s", seed, ", ".join(ARMS))
-        calls = [(configs[arm], str(data), settings.eval_batch_size, settings.eval_limit) for arm in ARMS]
+        calls = [(configs[arm], str(data), settings.eval_batch_size, settings.eval_limit, settings.curve_every,
+                  settings.curve_questions) for arm in ARMS]
         records = run_parallel(run_one, calls, settings.jobs)
         runs[seed] = {"pretrain": pretrain, **dict(zip(ARMS, records))}
     scores = {arm: {seed: runs[seed][arm]["scores"] for seed in settings.seeds} for arm in ARMS}

@@ -135,13 +135,28 @@ def _mean_curve(runs: list[str], key: str) -> tuple[list[int], list[float]]:
     return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
 
 
+def _mean_curve_scores(runs: list[str], name: str) -> tuple[list[int], list[float]]:
+    """Mean over runs of a type's accuracy at each step of their `eval_curve.jsonl`."""
+    by_step: dict[int, list[float]] = {}
+    for run_dir in runs:
+        path = Path(run_dir) / "eval_curve.jsonl"
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if name in row.get("scores", {}):
+                by_step.setdefault(int(row["step"]), []).append(float(row["scores"][name]))
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
 def write_plot(out: Path, summary: dict[str, Any]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (bars, curves, progress) = plt.subplots(1, 3, figsize=(17, 4.5))
     types = [t for t in TYPES if t in summary["statistics"]["types"]]
     width = 0.38
     for k, arm in enumerate(ARM_LABELS):
@@ -173,6 +188,20 @@ def write_plot(out: Path, summary: dict[str, Any]) -> Path:
         vra.legend(loc="upper center")
     curves.legend(loc="upper right")
     curves.set_title("training losses (mean over seeds)")
+    drew = False
+    for k, name in enumerate(TYPES[1:]):
+        for arm, style in (("baseline", "-"), ("viral", "--")):
+            steps, values = _mean_curve_scores([r[arm]["dir"] for r in runs], name)
+            if steps:
+                drew = True
+                progress.plot(steps, values, style, color=f"C{k}", label=f"{name} {ARM_LABELS[arm]}")
+        if name in summary["chance"]:
+            progress.axhline(summary["chance"][name], color=f"C{k}", linestyle="dotted", linewidth=0.8)
+    progress.set_xlabel("stage-2 step")
+    progress.set_ylabel("accuracy (%) on the first questions")
+    progress.set_title("ShapesBench during training (solid baseline, dashed VIRAL)")
+    if drew:
+        progress.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     path = out / "study.png"
     figure.savefig(path, dpi=110)
