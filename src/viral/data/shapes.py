@@ -14,8 +14,9 @@ colours on varied backgrounds (flat colours, gradients, noise), and writes:
 - `meta.json`                                  the world's vocabulary, image size and seed.
 
 Every image is drawn from its own random stream `(seed, split, index)`, so any subset regenerates
-identically. Question types: count (of one shape), relation (left/right/above/below), existence,
-colour.
+identically. Question types: count ("How many objects are there?"), relation ("Is the red object left of
+the blue object?", also right of / above / below), existence ("Is there a red circle?"), colour
+("What colour is the triangle?").
 """
 
 from __future__ import annotations
@@ -122,20 +123,16 @@ def _draw(objects: list[ShapeObject], background: np.ndarray) -> tuple[Image.Ima
 
 
 def _count_question(rng, objects):
-    # shape only: asking for a (colour, shape) pair made "0" the answer to half the questions, so that
-    # counting was mostly existence in disguise
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
-    n = sum(o.shape == shape for o in objects)
-    return f"How many {PLURALS[shape]} are there?", str(n)
-
-
-def _unique(objects):
-    names = [o.name for o in objects]
-    return [o for o in objects if names.count(o.name) == 1]
+    # all objects: asking for a (colour, shape) pair made "0" the answer to half the questions, and
+    # counting one shape stayed at chance for the tiny models of the study (see README: the study)
+    return "How many objects are there?", str(len(objects))
 
 
 def _relation_question(rng, objects):
-    unique = _unique(objects)
+    # objects are named by colour: with "the red circle"-style names relation questions stayed at
+    # chance for the study's tiny models, which must both bind shape to colour and compare positions
+    colours = [o.colour for o in objects]
+    unique = [o for o in objects if colours.count(o.colour) == 1]
     pairs = []
     for a in unique:
         for b in unique:
@@ -150,7 +147,7 @@ def _relation_question(rng, objects):
     a, b, truth = pairs[int(rng.integers(len(pairs)))]
     opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
     asked = truth if rng.random() < 0.5 else opposite[truth]
-    return f"Is the {a.name} {asked} the {b.name}?", "yes" if asked == truth else "no"
+    return f"Is the {a.colour} object {asked} the {b.colour} object?", "yes" if asked == truth else "no"
 
 
 def _existence_question(rng, objects):
