@@ -37,12 +37,15 @@ COLOURS = {
     "blue": (40, 70, 220),
     "yellow": (235, 210, 40),
 }
-QUESTION_TYPES = ["count", "relation", "existence", "colour"]
+QUESTION_TYPES = ["count", "relation", "existence", "colour"]  # the benchmark's types
+# training-only: "Where is the red object?" -> "top left" (grounding turns, as in LLaVA's region data)
+TRAINING_TYPES = QUESTION_TYPES + ["position"]
 INSTRUCTIONS = {
     "count": "Answer with a number.",
     "relation": "Answer yes or no.",
     "existence": "Answer yes or no.",
     "colour": "Answer with one word.",
+    "position": "Answer with two words.",
 }
 MAX_OBJECTS = 6
 
@@ -168,6 +171,18 @@ def _colour_question(rng, objects):
     return f"What colour is the {shape}?", colour
 
 
+def _position_question(rng, objects, size):
+    # the quadrant of an object named by its (unique) colour; objects straddling a midline are never asked
+    colours = [o.colour for o in objects]
+    clear = [o for o in objects if colours.count(o.colour) == 1
+             and abs(o.cx - size / 2) > o.half and abs(o.cy - size / 2) > o.half]
+    if not clear:
+        return None
+    o = clear[int(rng.integers(len(clear)))]
+    answer = f"{'top' if o.cy < size / 2 else 'bottom'} {'left' if o.cx < size / 2 else 'right'}"
+    return f"Where is the {o.colour} object?", answer
+
+
 QUESTION_MAKERS = {
     "count": _count_question,
     "relation": _relation_question,
@@ -199,8 +214,8 @@ def draw_scene(seed: int, split: str, index: int, size: int, max_objects: int = 
     return rng, objects, image, labels
 
 
-def _question(rng, objects, qtype):
-    made = QUESTION_MAKERS[qtype](rng, objects)
+def _question(rng, objects, qtype, size):
+    made = _position_question(rng, objects, size) if qtype == "position" else QUESTION_MAKERS[qtype](rng, objects)
     if made is None:
         return None
     question, answer = made
@@ -213,14 +228,15 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     """Write a ShapesWorld dataset (see the module docstring) and return its folder.
 
     `max_objects`: each image holds 1..max_objects objects. `type_weights`: how often each question type
-    is drawn for a training turn (default uniform); the benchmark always asks every type that applies.
+    of `TRAINING_TYPES` is drawn for a training turn (default: uniform over the benchmark's four types);
+    the benchmark always asks every one of its types that applies.
     """
     weights = None
     if type_weights is not None:
-        unknown = sorted(set(type_weights) - set(QUESTION_TYPES))
-        if unknown or not any(type_weights.values()):
-            raise ValueError(f"type_weights {type_weights}: give positive weights for some of {QUESTION_TYPES}")
-        weights = np.array([float(type_weights.get(t, 0.0)) for t in QUESTION_TYPES])
+        unknown = sorted(set(type_weights) - set(TRAINING_TYPES))
+        if unknown or not any(type_weights.values()) or min(type_weights.values()) < 0:
+            raise ValueError(f"type_weights {type_weights}: give non-negative weights for {TRAINING_TYPES}")
+        weights = np.array([float(type_weights.get(t, 0.0)) for t in TRAINING_TYPES])
         weights = weights / weights.sum()
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -239,8 +255,8 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
                     if weights is None:
                         qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
                     else:
-                        qtype = QUESTION_TYPES[int(rng.choice(len(QUESTION_TYPES), p=weights))]
-                    made = _question(rng, objects, qtype) or _question(rng, objects, "existence")
+                        qtype = TRAINING_TYPES[int(rng.choice(len(TRAINING_TYPES), p=weights))]
+                    made = _question(rng, objects, qtype, size) or _question(rng, objects, "existence", size)
                     question, answer = made
                     if turn == 0:
                         question = "<image>\n" + question
@@ -256,7 +272,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
                 })
             else:
                 for qtype in QUESTION_TYPES:
-                    made = _question(rng, objects, qtype)
+                    made = _question(rng, objects, qtype, size)
                     if made is None:
                         continue
                     question, answer = made
