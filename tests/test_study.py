@@ -77,6 +77,7 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
                  "train.per_device_train_batch_size=4", "train.logging_steps=1", "train.save_steps=1000",
                  "train.warmup_ratio=0"]
     settings = StudySettings(seeds=[0, 1], overrides=overrides, n_train=24, n_eval=8, image_size=32, turns=3,
+                             max_objects=6, type_weights=None,
                              pretrain_steps=2, finetune_steps=3, eval_batch_size=16, curve_every=2,
                              curve_questions=8)
     out = tmp_path / "study"
@@ -146,3 +147,11 @@ def test_a_run_folder_with_another_config_is_refused(tmp_path, small_world, stag
     (run_dir / "viral_config.yaml").write_text(yaml.safe_dump(other))
     with pytest.raises(ConfigError, match="different config"):
         run_one(config)
+
+
+def test_run_parallel_keeps_order_and_gives_each_process_one_thread():
+    from viral.study.parallel import run_parallel
+
+    calls = [((("k", i),),) for i in range(3)]
+    assert run_parallel(dict, calls, jobs=1) == [{"k": i} for i in range(3)]
+    assert run_parallel(dict, calls, jobs=2) == [{"k": i, "threads": 1} for i in range(3)]

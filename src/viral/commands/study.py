@@ -29,9 +29,12 @@ def add_study_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> 
     parser.add_argument("--eval-images", type=int, default=None, help="ShapesBench images (one question per type)")
     parser.add_argument("--eval-limit", type=int, default=None, help="score only the first N questions")
     parser.add_argument("--encoder-steps", type=int, default=None, help="stage-0 steps of each encoder")
+    parser.add_argument("--probe-steps", type=int, default=None, help="stage-0 steps of each probe")
     parser.add_argument("--jobs", type=int, default=None,
                         help="processes side by side (the two arms; the two encoders), one thread each")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of the main process")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the main process (default 1: the tiny models' ops are too small "
+                             "to share, a second thread mostly spins)")
 
 
 def register(subparsers) -> None:
@@ -57,6 +60,8 @@ def settings_from_args(args, seeds: list[int], defaults: dict | None = None):
     encoders = EncoderSettings()
     if args.encoder_steps is not None:
         encoders.student_steps = encoders.teacher_steps = args.encoder_steps
+    if args.probe_steps is not None:
+        encoders.probe_steps = args.probe_steps
     return settings, encoders
 
 

@@ -58,10 +58,10 @@ class EncoderSettings:
     teacher_steps: int = 1500
     batch_size: int = 64
     learning_rate: float = 2e-3
-    n_train: int | None = None  # training images used (None: all)
-    probe_train: int = 3000  # images the probes and the linear map are fitted on
+    n_train: int | None = 4000  # training images used (None: all; every image is held in memory)
+    probe_train: int = 2000  # images the probes and the linear map are fitted on
     probe_test: int = 1000  # eval images they are scored on
-    probe_steps: int = 800
+    probe_steps: int = 600
     seed: int = 0
 
 

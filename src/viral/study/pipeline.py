@@ -54,12 +54,12 @@ class StudySettings:
     config: str = DEFAULT_CONFIG  # stage-2 config (VIRAL arm); stage 1 and the baseline derive from it
     overrides: list[str] = field(default_factory=list)  # --set overrides of the stage-2 config
     world_seed: int = 0
-    n_train: int = 4000  # training images (3 QA turns each)
-    n_eval: int = 1500  # evaluation images (one question per type when the type applies)
+    n_train: int = 16000  # training images
+    n_eval: int = 2400  # evaluation images: one question per type when it applies (>= 1000 per type)
     image_size: int = 96
     turns: int = 6  # QA turns per training image
-    max_objects: int = 6  # objects per image: 1..max_objects
-    type_weights: dict[str, float] | None = None  # how often each question type is drawn for training turns
+    max_objects: int = 5  # objects per image: 1..max_objects
+    type_weights: dict[str, float] | None = None  # how often each type is drawn for a training turn (uniform)
     pretrain_steps: int = 300
     finetune_steps: int | None = None  # None: the config's train.max_steps
     eval_batch_size: int = 64
@@ -270,7 +270,7 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
         seed_dir = out / f"seed-{seed}"
         configs = stage_configs(settings, seed, data, encoders, seed_dir)
         logger.info("seed %d: stage 1 (projector pre-training)", seed)
-        pretrain = run_one(configs["pretrain"], threads=settings.jobs if settings.jobs > 1 else None)
+        pretrain = run_one(configs["pretrain"])
         logger.info("seed %d: stage 2, arms %s", seed, ", ".join(ARMS))
         calls = [(configs[arm], str(data), settings.eval_batch_size, settings.eval_limit, settings.curve_every,
                   settings.curve_questions) for arm in ARMS]
