@@ -265,17 +265,17 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
     stage0_start = time.time()
     encoder_report = train_encoders(data, encoders, encoder_settings, jobs=settings.jobs)
     stage0_seconds = time.time() - stage0_start
-    runs: dict[int, dict[str, Any]] = {}
-    for seed in settings.seeds:
-        seed_dir = out / f"seed-{seed}"
-        configs = stage_configs(settings, seed, data, encoders, seed_dir)
-        logger.info("seed %d: stage 1 (projector pre-training)", seed)
-        pretrain = run_one(configs["pretrain"])
-        logger.info("seed %d: stage 2, arms %s", seed, ", ".join(ARMS))
-        calls = [(configs[arm], str(data), settings.eval_batch_size, settings.eval_limit, settings.curve_every,
-                  settings.curve_questions) for arm in ARMS]
-        records = run_parallel(run_one, calls, settings.jobs)
-        runs[seed] = {"pretrain": pretrain, **dict(zip(ARMS, records))}
+    configs = {seed: stage_configs(settings, seed, data, encoders, out / f"seed-{seed}") for seed in settings.seeds}
+    # every seed's stage 1, then every (seed, arm) of stage 2, `jobs` at a time: the cores never wait
+    # for a lone stage-1 run, and the two arms of a seed still start from the same stage-1 weights
+    logger.info("stage 1 (projector pre-training), seeds %s", settings.seeds)
+    pretrains = run_parallel(run_one, [(configs[seed]["pretrain"],) for seed in settings.seeds], settings.jobs)
+    logger.info("stage 2, arms %s, seeds %s", ", ".join(ARMS), settings.seeds)
+    calls = [(configs[seed][arm], str(data), settings.eval_batch_size, settings.eval_limit, settings.curve_every,
+              settings.curve_questions) for seed in settings.seeds for arm in ARMS]
+    records = iter(run_parallel(run_one, calls, settings.jobs))
+    runs: dict[int, dict[str, Any]] = {seed: {"pretrain": pretrain, **{arm: next(records) for arm in ARMS}}
+                                       for seed, pretrain in zip(settings.seeds, pretrains)}
     scores = {arm: {seed: runs[seed][arm]["scores"] for seed in settings.seeds} for arm in ARMS}
     types = ["accuracy", *QUESTION_TYPES]
     within_seed = {}
