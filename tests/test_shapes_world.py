@@ -58,3 +58,43 @@ def test_unknown_or_negative_type_weights_name_the_training_types(tmp_path):
     for weights in ({"where": 1.0}, {"count": -1.0, "relation": 2.0}, {"count": 0.0}):
         with pytest.raises(ValueError, match="position"):
             generate(tmp_path / "w", n_train=2, n_eval=2, size=32, progress=False, type_weights=weights)
+
+
+def test_relation_answers_the_offered_direction(tmp_path):
+    folder = generate(tmp_path / "w", seed=2, n_train=2, n_eval=80, size=64, progress=False, max_objects=4)
+    _, bench = _records(folder)
+    checked = 0
+    for row in bench:
+        if row["type"] != "relation":
+            continue
+        _, objects, _, _ = draw_scene(2, "eval", int(row["question_id"].split("-")[1]), 64, 4)
+        words = row["question"].split()  # Is the <colour> object <a> or <b> of the <colour> object? ...
+        a, b = ([o for o in objects if o.colour == words[2]], [o for o in objects if o.colour == words[-6]])
+        assert len(a) == len(b) == 1
+        (a,), (b,) = a, b
+        options = (words[4], words[6])
+        assert row["answer"] in options
+        if options == ("left", "right"):
+            assert row["answer"] == ("left" if a.cx < b.cx else "right")
+        else:
+            assert row["answer"] == ("above" if a.cy < b.cy else "below")
+        checked += 1
+    assert checked > 10
+
+
+def test_chance_is_the_best_answer_per_question_form(tmp_path):
+    from viral.study.pipeline import chance_levels
+
+    rows = [("relation", "Is the red object left or right of the blue object?", "left"),
+            ("relation", "Is the green object left or right of the red object?", "left"),
+            ("relation", "Is the red object above or below the blue object?", "below"),
+            ("relation", "Is the blue object above or below the green object?", "above"),
+            ("count", "How many objects are there?", "2"),
+            ("count", "How many objects are there?", "2"),
+            ("count", "How many objects are there?", "3")]
+    (tmp_path / "eval.jsonl").write_text("".join(
+        json.dumps({"question_id": str(i), "image": "x.png", "type": t, "question": q, "answer": a}) + "\n"
+        for i, (t, q, a) in enumerate(rows)))
+    (tmp_path / "meta.json").write_text(json.dumps({"shapes": ["circle"], "colours": ["red", "green", "blue"]}))
+    # left/right form: "left" 2 of 2; above/below form: 1 of 2; count: 2 of 3
+    assert chance_levels(tmp_path) == {"relation": 75.0, "count": round(200 / 3, 2)}

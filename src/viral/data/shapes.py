@@ -14,9 +14,9 @@ colours on varied backgrounds (flat colours, gradients, noise), and writes:
 - `meta.json`                                  the world's vocabulary, image size and seed.
 
 Every image is drawn from its own random stream `(seed, split, index)`, so any subset regenerates
-identically. Question types: count ("How many objects are there?"), relation ("Is the red object left of
-the blue object?", also right of / above / below), existence ("Is there a red circle?"), colour
-("What colour is the triangle?").
+identically. Question types: count ("How many objects are there?"), relation ("Is the red object left or
+right of the blue object?" -> "left"; also "above or below"), existence ("Is there a red circle?"), colour
+("What colour is the triangle?"); training can add grounding turns ("Where is the red object?" -> "top left").
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ QUESTION_TYPES = ["count", "relation", "existence", "colour"]  # the benchmark's
 TRAINING_TYPES = QUESTION_TYPES + ["position"]
 INSTRUCTIONS = {
     "count": "Answer with a number.",
-    "relation": "Answer yes or no.",
+    "relation": "Answer with one word.",
     "existence": "Answer yes or no.",
     "colour": "Answer with one word.",
     "position": "Answer with two words.",
@@ -132,8 +132,10 @@ def _count_question(rng, objects):
 
 
 def _relation_question(rng, objects):
-    # objects are named by colour: with "the red circle"-style names relation questions stayed at
-    # chance for the study's tiny models, which must both bind shape to colour and compare positions
+    # objects are named by colour and the answer is the direction itself ("left", "above"), offered as
+    # two options: with "Is the red circle left of the blue square? yes/no" relation stayed at chance
+    # for the study's tiny models, which had to bind shape to colour, compare positions and then match
+    # the comparison against the asked direction (an XOR) - What's Up asks for the direction the same way
     colours = [o.colour for o in objects]
     unique = [o for o in objects if colours.count(o.colour) == 1]
     pairs = []
@@ -142,15 +144,13 @@ def _relation_question(rng, objects):
             if a is b:
                 continue
             if abs(a.cx - b.cx) > a.half + b.half:
-                pairs.append((a, b, "left of" if a.cx < b.cx else "right of"))
+                pairs.append((a, b, "left or right of", "left" if a.cx < b.cx else "right"))
             if abs(a.cy - b.cy) > a.half + b.half:
-                pairs.append((a, b, "above" if a.cy < b.cy else "below"))
+                pairs.append((a, b, "above or below", "above" if a.cy < b.cy else "below"))
     if not pairs:
         return None
-    a, b, truth = pairs[int(rng.integers(len(pairs)))]
-    opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-    asked = truth if rng.random() < 0.5 else opposite[truth]
-    return f"Is the {a.colour} object {asked} the {b.colour} object?", "yes" if asked == truth else "no"
+    a, b, options, truth = pairs[int(rng.integers(len(pairs)))]
+    return f"Is the {a.colour} object {options} the {b.colour} object?", truth
 
 
 def _existence_question(rng, objects):

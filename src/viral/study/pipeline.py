@@ -227,15 +227,29 @@ def evaluate_run(run_dir: Path, data_dir: str, batch_size: int = 64, limit: int 
             "eval_cpu_seconds": round(time.process_time() - cpu, 1), "questions": summary["counts"]["evaluated"]}
 
 
+def question_form(question: str, vocabulary: set[str]) -> str:
+    """The question with its vocabulary words (colours, shapes) masked: 'Is the * object left or right of ...'."""
+    return " ".join("*" if word.strip("?.,").lower() in vocabulary else word for word in question.split())
+
+
 def chance_levels(data_dir: Path) -> dict[str, float]:
-    """Per type, the accuracy (%) of always giving the benchmark's most frequent answer of that type."""
-    answers: dict[str, dict[str, int]] = {}
+    """Per type, the accuracy (%) of the best answer prior: the most frequent answer of each question form.
+
+    The form is the question with the world's colour and shape words masked, so a "left or right" question
+    counts "left" and an "above or below" one "above": what a model that ignores the image can reach.
+    """
+    meta_file = data_dir / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    vocabulary = {word.lower() for word in meta.get("shapes", []) + meta.get("colours", [])}
+    answers: dict[str, dict[str, dict[str, int]]] = {}
     for line in (data_dir / "eval.jsonl").read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            counts = answers.setdefault(row["type"], {})
-            counts[row["answer"]] = counts.get(row["answer"], 0) + 1
-    return {name: round(100.0 * max(c.values()) / sum(c.values()), 2) for name, c in answers.items()}
+            form = answers.setdefault(row["type"], {}).setdefault(question_form(row["question"], vocabulary), {})
+            form[row["answer"]] = form.get(row["answer"], 0) + 1
+    return {name: round(100.0 * sum(max(c.values()) for c in forms.values())
+                        / sum(sum(c.values()) for c in forms.values()), 2)
+            for name, forms in answers.items()}
 
 
 def per_question(run_dir: Path) -> dict[str, dict[str, bool]]:
