@@ -1,4 +1,4 @@
-"""ShapesWorld: answers agree with the drawn objects; grounding turns are training-only."""
+"""ShapesWorld: every question type's answer agrees with the drawn objects."""
 
 import json
 
@@ -14,28 +14,33 @@ def _records(folder):
     return train, bench
 
 
-def test_grounding_turns_answer_the_quadrant_and_never_reach_the_benchmark(tmp_path):
-    folder = generate(tmp_path / "w", seed=3, n_train=40, n_eval=30, size=64, turns=4, progress=False,
+def test_position_answers_the_half_that_holds_the_object(tmp_path):
+    folder = generate(tmp_path / "w", seed=3, n_train=40, n_eval=60, size=64, turns=4, progress=False,
                       max_objects=3, type_weights={"position": 1.0})
     train, bench = _records(folder)
-    asked = 0
+    asked = []
     for i, record in enumerate(train):
-        _, objects, _, _ = draw_scene(3, "train", i, 64, 3)
         turns = record["conversations"]
-        for question, answer in zip(turns[0::2], turns[1::2]):
-            text = question["value"].removeprefix("<image>\n")
-            if not text.startswith("Where is the"):
-                continue  # fell back to existence: no object clear of the midlines
-            asked += 1
-            colour = text.split()[3]
-            (obj,) = [o for o in objects if o.colour == colour]
-            vertical, horizontal = answer["value"].split()
-            assert vertical == ("top" if obj.cy < 32 else "bottom")
-            assert horizontal == ("left" if obj.cx < 32 else "right")
-            assert abs(obj.cx - 32) > obj.half and abs(obj.cy - 32) > obj.half
-    assert asked > 60
-    assert {r["type"] for r in bench} <= set(QUESTION_TYPES)
-    assert not any(r["question"].startswith("Where is") for r in bench)
+        asked += [("train", i, q["value"].removeprefix("<image>\n"), a["value"]) for q, a in zip(turns[0::2], turns[1::2])]
+    asked += [("eval", int(r["question_id"].split("-")[1]), r["question"], r["answer"]) for r in bench
+              if r["type"] == "position"]
+    checked = 0
+    for split, index, question, answer in asked:
+        if not question.startswith("Is the "):
+            assert question.startswith("Is there")  # no object clear of a midline: the existence fallback
+            continue
+        _, objects, _, _ = draw_scene(3, split, index, 64, 3)
+        words = question.split()  # Is the <colour> object in the <a> or the <b> half? ...
+        matches = [o for o in objects if o.colour == words[2]]
+        assert len(matches) == 1, (split, index, question, objects)
+        (obj,) = matches
+        if words[6] == "left":
+            assert answer == ("left" if obj.cx < 32 else "right") and abs(obj.cx - 32) > obj.half
+        else:
+            assert answer == ("top" if obj.cy < 32 else "bottom") and abs(obj.cy - 32) > obj.half
+        checked += 1
+    assert checked > 100
+    assert {r["type"] for r in bench} == set(QUESTION_TYPES)
 
 
 def test_benchmark_answers_match_the_label_maps(tmp_path):
@@ -56,7 +61,7 @@ def test_benchmark_answers_match_the_label_maps(tmp_path):
 
 def test_unknown_or_negative_type_weights_name_the_training_types(tmp_path):
     for weights in ({"where": 1.0}, {"count": -1.0, "relation": 2.0}, {"count": 0.0}):
-        with pytest.raises(ValueError, match="position"):
+        with pytest.raises(ValueError, match="count.*position"):
             generate(tmp_path / "w", n_train=2, n_eval=2, size=32, progress=False, type_weights=weights)
 
 

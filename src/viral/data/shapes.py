@@ -16,7 +16,8 @@ colours on varied backgrounds (flat colours, gradients, noise), and writes:
 Every image is drawn from its own random stream `(seed, split, index)`, so any subset regenerates
 identically. Question types: count ("How many objects are there?"), relation ("Is the red object left or
 right of the blue object?" -> "left"; also "above or below"), existence ("Is there a red circle?"), colour
-("What colour is the triangle?"); training can add grounding turns ("Where is the red object?" -> "top left").
+("What colour is the triangle?"), position ("Is the red object in the left or the right half?" -> "left";
+also "top or bottom").
 """
 
 from __future__ import annotations
@@ -37,15 +38,13 @@ COLOURS = {
     "blue": (40, 70, 220),
     "yellow": (235, 210, 40),
 }
-QUESTION_TYPES = ["count", "relation", "existence", "colour"]  # the benchmark's types
-# training-only: "Where is the red object?" -> "top left" (grounding turns, as in LLaVA's region data)
-TRAINING_TYPES = QUESTION_TYPES + ["position"]
+QUESTION_TYPES = ["count", "relation", "existence", "colour", "position"]
 INSTRUCTIONS = {
     "count": "Answer with a number.",
     "relation": "Answer with one word.",
     "existence": "Answer yes or no.",
     "colour": "Answer with one word.",
-    "position": "Answer with two words.",
+    "position": "Answer with one word.",
 }
 MAX_OBJECTS = 6
 
@@ -125,13 +124,13 @@ def _draw(objects: list[ShapeObject], background: np.ndarray) -> tuple[Image.Ima
     return image, labels
 
 
-def _count_question(rng, objects):
+def _count_question(rng, objects, size=None):
     # all objects: asking for a (colour, shape) pair made "0" the answer to half the questions, and
     # counting one shape stayed at chance for the tiny models of the study (see README: the study)
     return "How many objects are there?", str(len(objects))
 
 
-def _relation_question(rng, objects):
+def _relation_question(rng, objects, size=None):
     # objects are named by colour and the answer is the direction itself ("left", "above"), offered as
     # two options: with "Is the red circle left of the blue square? yes/no" relation stayed at chance
     # for the study's tiny models, which had to bind shape to colour, compare positions and then match
@@ -153,7 +152,7 @@ def _relation_question(rng, objects):
     return f"Is the {a.colour} object {options} the {b.colour} object?", truth
 
 
-def _existence_question(rng, objects):
+def _existence_question(rng, objects, size=None):
     present = {o.name for o in objects}
     absent = [f"{c} {s}" for c in COLOURS for s in SHAPES if f"{c} {s}" not in present]
     if rng.random() < 0.5 or not absent:
@@ -162,7 +161,7 @@ def _existence_question(rng, objects):
     return f"Is there a {absent[int(rng.integers(len(absent)))]}?", "no"
 
 
-def _colour_question(rng, objects):
+def _colour_question(rng, objects, size=None):
     single = [s for s in SHAPES if sum(o.shape == s for o in objects) == 1]
     if not single:
         return None
@@ -172,15 +171,17 @@ def _colour_question(rng, objects):
 
 
 def _position_question(rng, objects, size):
-    # the quadrant of an object named by its (unique) colour; objects straddling a midline are never asked
+    # one object, named by its unique colour, against the image frame: which half holds it; objects that
+    # straddle the asked midline are never asked about
     colours = [o.colour for o in objects]
-    clear = [o for o in objects if colours.count(o.colour) == 1
-             and abs(o.cx - size / 2) > o.half and abs(o.cy - size / 2) > o.half]
+    clear = [(o, axis) for o in objects if colours.count(o.colour) == 1 for axis in ("x", "y")
+             if abs((o.cx if axis == "x" else o.cy) - size / 2) > o.half]
     if not clear:
         return None
-    o = clear[int(rng.integers(len(clear)))]
-    answer = f"{'top' if o.cy < size / 2 else 'bottom'} {'left' if o.cx < size / 2 else 'right'}"
-    return f"Where is the {o.colour} object?", answer
+    o, axis = clear[int(rng.integers(len(clear)))]
+    if axis == "x":
+        return f"Is the {o.colour} object in the left or the right half?", "left" if o.cx < size / 2 else "right"
+    return f"Is the {o.colour} object in the top or the bottom half?", "top" if o.cy < size / 2 else "bottom"
 
 
 QUESTION_MAKERS = {
@@ -188,6 +189,7 @@ QUESTION_MAKERS = {
     "relation": _relation_question,
     "existence": _existence_question,
     "colour": _colour_question,
+    "position": _position_question,
 }
 
 
@@ -215,7 +217,7 @@ def draw_scene(seed: int, split: str, index: int, size: int, max_objects: int = 
 
 
 def _question(rng, objects, qtype, size):
-    made = _position_question(rng, objects, size) if qtype == "position" else QUESTION_MAKERS[qtype](rng, objects)
+    made = QUESTION_MAKERS[qtype](rng, objects, size)
     if made is None:
         return None
     question, answer = made
@@ -228,15 +230,14 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     """Write a ShapesWorld dataset (see the module docstring) and return its folder.
 
     `max_objects`: each image holds 1..max_objects objects. `type_weights`: how often each question type
-    of `TRAINING_TYPES` is drawn for a training turn (default: uniform over the benchmark's four types);
-    the benchmark always asks every one of its types that applies.
+    is drawn for a training turn (default uniform); the benchmark always asks every type that applies.
     """
     weights = None
     if type_weights is not None:
-        unknown = sorted(set(type_weights) - set(TRAINING_TYPES))
+        unknown = sorted(set(type_weights) - set(QUESTION_TYPES))
         if unknown or not any(type_weights.values()) or min(type_weights.values()) < 0:
-            raise ValueError(f"type_weights {type_weights}: give non-negative weights for {TRAINING_TYPES}")
-        weights = np.array([float(type_weights.get(t, 0.0)) for t in TRAINING_TYPES])
+            raise ValueError(f"type_weights {type_weights}: give non-negative weights for {QUESTION_TYPES}")
+        weights = np.array([float(type_weights.get(t, 0.0)) for t in QUESTION_TYPES])
         weights = weights / weights.sum()
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -255,7 +256,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
                     if weights is None:
                         qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
                     else:
-                        qtype = TRAINING_TYPES[int(rng.choice(len(TRAINING_TYPES), p=weights))]
+                        qtype = QUESTION_TYPES[int(rng.choice(len(QUESTION_TYPES), p=weights))]
                     made = _question(rng, objects, qtype, size) or _question(rng, objects, "existence", size)
                     question, answer = made
                     if turn == 0:

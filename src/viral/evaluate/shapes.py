@@ -3,7 +3,7 @@
 Local copy (`--data DIR`): `DIR/eval.jsonl`, one JSON object per line with `question_id`,
 `image` (relative to DIR), `question` (carrying its own instruction, e.g. "How many red circles
 are there? Answer with a number."), `answer` ("2", "yes", "red", ...) and `type`
-(count / relation / existence / colour).
+(count / relation / existence / colour / position).
 
 Prompt: the question as written. Parsing: normalised exact match - the first word or number of
 the output, lowercased, number words mapped to digits ("Two." -> "2", "Yes, there is" -> "yes"),
@@ -31,7 +31,7 @@ from viral.evaluate.base import (
 )
 from viral.evaluate.parsing import normalise_short_answer, parse_short_answer
 
-QUESTION_TYPES = ("count", "relation", "existence", "colour")
+QUESTION_TYPES = ("count", "relation", "existence", "colour", "position")
 
 
 class ShapesBench(Benchmark):

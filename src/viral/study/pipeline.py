@@ -38,7 +38,7 @@ from viral.study.parallel import run_parallel
 logger = logging.getLogger(__name__)
 
 ARMS = ("baseline", "viral")
-QUESTION_TYPES = ("count", "relation", "existence", "colour")
+QUESTION_TYPES = ("count", "relation", "existence", "colour", "position")
 RUN_RECORD = "run.json"
 EVAL_DIR = "eval"
 EVAL_FILE = "shapes.json"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 ARM_LABELS = {"baseline": "baseline", "viral": "VIRAL"}
-TYPES = ["accuracy", "count", "relation", "existence", "colour"]
+TYPES = ["accuracy", "count", "relation", "existence", "colour", "position"]
 
 
 def _pm(stats: dict[str, Any] | None) -> str:
