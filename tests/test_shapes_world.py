@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from viral.data.shapes import QUESTION_TYPES, draw_scene, generate
+from viral.data.shapes import DEFAULT_TYPES, QUESTION_TYPES, draw_scene, generate
 from viral.study.world import load_split
 
 
@@ -16,7 +16,7 @@ def _records(folder):
 
 def test_position_answers_the_half_that_holds_the_object(tmp_path):
     folder = generate(tmp_path / "w", seed=3, n_train=40, n_eval=60, size=64, turns=4, progress=False,
-                      max_objects=3, type_weights={"position": 1.0})
+                      max_objects=3, type_weights={"position": 1.0}, types=["position", "existence"])
     train, bench = _records(folder)
     asked = []
     for i, record in enumerate(train):
@@ -40,7 +40,12 @@ def test_position_answers_the_half_that_holds_the_object(tmp_path):
             assert answer == ("top" if obj.cy < 32 else "bottom") and abs(obj.cy - 32) > obj.half
         checked += 1
     assert checked > 100
-    assert {r["type"] for r in bench} == set(QUESTION_TYPES)
+    assert {r["type"] for r in bench} == {"position", "existence"}
+
+
+def test_a_default_world_asks_the_four_default_types(tmp_path):
+    _, bench = _records(generate(tmp_path / "w", n_train=2, n_eval=30, size=64, progress=False))
+    assert {r["type"] for r in bench} == set(DEFAULT_TYPES) == {"count", "relation", "existence", "colour"}
 
 
 def test_benchmark_answers_match_the_label_maps(tmp_path):
@@ -59,10 +64,12 @@ def test_benchmark_answers_match_the_label_maps(tmp_path):
     assert all(checked[t] > 0 for t in ("count", "existence", "colour"))
 
 
-def test_unknown_or_negative_type_weights_name_the_training_types(tmp_path):
-    for weights in ({"where": 1.0}, {"count": -1.0, "relation": 2.0}, {"count": 0.0}):
-        with pytest.raises(ValueError, match="count.*position"):
+def test_unknown_types_or_weights_name_the_known_ones(tmp_path):
+    for weights in ({"where": 1.0}, {"position": 1.0}, {"count": -1.0, "relation": 2.0}, {"count": 0.0}):
+        with pytest.raises(ValueError, match="count.*colour"):
             generate(tmp_path / "w", n_train=2, n_eval=2, size=32, progress=False, type_weights=weights)
+    with pytest.raises(ValueError, match="position"):
+        generate(tmp_path / "w", n_train=2, n_eval=2, size=32, progress=False, types=["count", "where"])
 
 
 def test_relation_answers_the_offered_direction(tmp_path):

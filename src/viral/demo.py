@@ -1,10 +1,9 @@
 """The built-in demo: one seed of the ShapesWorld study (`viral.study`), baseline versus VIRAL, side by side.
 
 World and stage-0 encoders are reused when present, so a second `make demo` only retrains what changed.
-The demo runs fewer steps than `viral study` (DEMO_DEFAULTS: 200 stage-1 and 500 stage-2 steps instead of
-300 and 2000, sized for about 15 minutes on two idle CPU cores) and trains the two arms (and the two
-encoders) side by side in two processes of one thread each. With so few steps some question types can
-stay at chance; the table says so, and `viral study` is the experiment.
+The demo is exactly seed 0 of `viral study` (same world, encoders, steps and configs), so
+`viral study --out runs/demo` reuses its runs and adds the other seeds. It trains the two arms (and the
+two encoders) side by side in two processes of one thread each.
 """
 
 from __future__ import annotations
@@ -15,7 +14,11 @@ import sys
 from viral.study.pipeline import ARMS, QUESTION_TYPES, run_study
 from viral.study.report import format_table
 
-DEMO_DEFAULTS = {"finetune_steps": 500, "pretrain_steps": 200, "jobs": 2}
+def demo_defaults() -> dict:
+    """The study's settings; only the number of side-by-side processes is chosen here."""
+    from viral.commands.study import default_jobs
+
+    return {"jobs": default_jobs()}
 
 
 def side_by_side(summary: dict) -> str:
@@ -38,7 +41,7 @@ def run_demo(args) -> dict:
     """One seed of the study with the demo's step counts; prints the table and the paths it wrote."""
     from viral.commands.study import settings_from_args
 
-    settings, encoders = settings_from_args(args, [args.seed], dict(DEMO_DEFAULTS))
+    settings, encoders = settings_from_args(args, [args.seed], demo_defaults())
     command = "viral " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = run_study(args.out, settings, encoders, data_dir=args.data, encoders_dir=args.encoders, command=command)
     print("\nShapesBench accuracy (%), one seed: baseline vs VIRAL from the same weights and data order\n")

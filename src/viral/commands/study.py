@@ -27,11 +27,15 @@ def add_study_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> 
     parser.add_argument("--finetune-steps", type=int, default=None, help="stage-2 steps (default: the config's)")
     parser.add_argument("--train-images", type=int, default=None, help="ShapesWorld training images")
     parser.add_argument("--eval-images", type=int, default=None, help="ShapesBench images (one question per type)")
+    parser.add_argument("--question-types", nargs="+", default=None, metavar="TYPE",
+                        help="question types of a new world (default count relation existence colour; "
+                             "position is opt-in)")
     parser.add_argument("--eval-limit", type=int, default=None, help="score only the first N questions")
     parser.add_argument("--encoder-steps", type=int, default=None, help="stage-0 steps of each encoder")
     parser.add_argument("--probe-steps", type=int, default=None, help="stage-0 steps of each probe")
     parser.add_argument("--jobs", type=int, default=None,
-                        help="processes side by side (the two arms; the two encoders), one thread each")
+                        help="processes side by side (the two arms; the two encoders), one thread each "
+                             "(default: 2, or 1 on a one-core machine)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the main process (default 1: the tiny models' ops are too small "
                              "to share, a second thread mostly spins)")
@@ -54,7 +58,7 @@ def settings_from_args(args, seeds: list[int], defaults: dict | None = None):
     settings = StudySettings(seeds=seeds, config=args.config, overrides=list(args.overrides), **(defaults or {}))
     for flag, name in (("pretrain_steps", "pretrain_steps"), ("finetune_steps", "finetune_steps"),
                        ("train_images", "n_train"), ("eval_images", "n_eval"), ("eval_limit", "eval_limit"),
-                       ("jobs", "jobs")):
+                       ("jobs", "jobs"), ("question_types", "question_types")):
         if getattr(args, flag) is not None:
             setattr(settings, name, getattr(args, flag))
     encoders = EncoderSettings()
@@ -63,6 +67,13 @@ def settings_from_args(args, seeds: list[int], defaults: dict | None = None):
     if args.probe_steps is not None:
         encoders.probe_steps = args.probe_steps
     return settings, encoders
+
+
+def default_jobs() -> int:
+    """Two processes side by side (the study's natural pair: two arms, two encoders), fewer on one core."""
+    import os
+
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 def setup(args) -> None:
@@ -83,7 +94,8 @@ def run(args) -> int:
     from viral.study.report import MAIN_HEADER, comparison_rows, format_table
 
     setup(args)
-    settings, encoders = settings_from_args(args, list(range(args.first_seed, args.first_seed + args.seeds)))
+    settings, encoders = settings_from_args(args, list(range(args.first_seed, args.first_seed + args.seeds)),
+                                            {"jobs": default_jobs()})
     command = "viral " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = run_study(args.out, settings, encoders, data_dir=args.data, encoders_dir=args.encoders, command=command)
     print()

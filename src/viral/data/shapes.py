@@ -38,7 +38,8 @@ COLOURS = {
     "blue": (40, 70, 220),
     "yellow": (235, 210, 40),
 }
-QUESTION_TYPES = ["count", "relation", "existence", "colour", "position"]
+QUESTION_TYPES = ["count", "relation", "existence", "colour", "position"]  # every type ShapesWorld can ask
+DEFAULT_TYPES = ["count", "relation", "existence", "colour"]  # what a world asks unless told otherwise
 INSTRUCTIONS = {
     "count": "Answer with a number.",
     "relation": "Answer with one word.",
@@ -226,18 +227,22 @@ def _question(rng, objects, qtype, size):
 
 def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: int = 200, size: int = 64,
              turns: int = 3, progress: bool = True, max_objects: int = MAX_OBJECTS,
-             type_weights: dict[str, float] | None = None) -> Path:
+             type_weights: dict[str, float] | None = None, types: list[str] | None = None) -> Path:
     """Write a ShapesWorld dataset (see the module docstring) and return its folder.
 
-    `max_objects`: each image holds 1..max_objects objects. `type_weights`: how often each question type
-    is drawn for a training turn (default uniform); the benchmark always asks every type that applies.
+    `max_objects`: each image holds 1..max_objects objects. `types`: the question types the world asks, in
+    training and in the benchmark (default `DEFAULT_TYPES`; `position` is opt-in). `type_weights`: how often
+    each of them is drawn for a training turn (default uniform); the benchmark asks every one that applies.
     """
+    types = list(DEFAULT_TYPES if types is None else types)
+    if not types or set(types) - set(QUESTION_TYPES) or len(set(types)) != len(types):
+        raise ValueError(f"types {types}: give distinct question types among {QUESTION_TYPES}")
     weights = None
     if type_weights is not None:
-        unknown = sorted(set(type_weights) - set(QUESTION_TYPES))
+        unknown = sorted(set(type_weights) - set(types))
         if unknown or not any(type_weights.values()) or min(type_weights.values()) < 0:
-            raise ValueError(f"type_weights {type_weights}: give non-negative weights for {QUESTION_TYPES}")
-        weights = np.array([float(type_weights.get(t, 0.0)) for t in QUESTION_TYPES])
+            raise ValueError(f"type_weights {type_weights}: give non-negative weights for {types}")
+        weights = np.array([float(type_weights.get(t, 0.0)) for t in types])
         weights = weights / weights.sum()
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -254,9 +259,9 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
                 conversation = []
                 for turn in range(turns):
                     if weights is None:
-                        qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
+                        qtype = types[int(rng.integers(len(types)))]
                     else:
-                        qtype = QUESTION_TYPES[int(rng.choice(len(QUESTION_TYPES), p=weights))]
+                        qtype = types[int(rng.choice(len(types), p=weights))]
                     made = _question(rng, objects, qtype, size) or _question(rng, objects, "existence", size)
                     question, answer = made
                     if turn == 0:
@@ -272,7 +277,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
                     ],
                 })
             else:
-                for qtype in QUESTION_TYPES:
+                for qtype in types:
                     made = _question(rng, objects, qtype, size)
                     if made is None:
                         continue
@@ -286,6 +291,6 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     (out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in eval_records))
     meta = {"seed": seed, "n_train": n_train, "n_eval": n_eval, "size": size, "turns": turns,
             "max_objects": max_objects, "type_weights": type_weights, "shapes": SHAPES,
-            "colours": list(COLOURS), "question_types": QUESTION_TYPES}
+            "colours": list(COLOURS), "question_types": types}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return out

@@ -55,28 +55,30 @@ class StudySettings:
     overrides: list[str] = field(default_factory=list)  # --set overrides of the stage-2 config
     world_seed: int = 0
     n_train: int = 16000  # training images
-    n_eval: int = 2400  # evaluation images: one question per type when it applies (>= 1000 per type)
+    n_eval: int = 2600  # evaluation images: one question per type when it applies (>= 1000 per type)
     image_size: int = 96
     turns: int = 6  # QA turns per training image
-    max_objects: int = 5  # objects per image: 1..max_objects
+    max_objects: int = 3  # objects per image: 1..max_objects
+    question_types: list[str] | None = None  # None: ShapesWorld's DEFAULT_TYPES (count, relation, existence, colour)
     type_weights: dict[str, float] | None = None  # how often each type is drawn for a training turn (uniform)
-    pretrain_steps: int = 300
+    pretrain_steps: int = 200
     finetune_steps: int | None = None  # None: the config's train.max_steps
     eval_batch_size: int = 64
     eval_limit: int | None = None
-    curve_every: int = 250  # stage-2 steps between evaluations on the first `curve_questions` questions (0: off)
+    curve_every: int = 100  # stage-2 steps between evaluations on the first `curve_questions` questions (0: off)
     curve_questions: int = 1000
     jobs: int = 1  # processes running the two arms of a seed side by side (1 thread each when > 1)
 
 
 def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
     """Generate the world unless `data_dir` already holds one with the same seed, sizes and image size."""
-    from viral.data.shapes import generate
+    from viral.data.shapes import DEFAULT_TYPES, generate
 
+    types = list(settings.question_types or DEFAULT_TYPES)
     meta_file = data_dir / "meta.json"
     wanted = {"seed": settings.world_seed, "n_train": settings.n_train, "n_eval": settings.n_eval,
               "size": settings.image_size, "turns": settings.turns, "max_objects": settings.max_objects,
-              "type_weights": settings.type_weights}
+              "type_weights": settings.type_weights, "question_types": types}
     if meta_file.is_file() and (data_dir / "eval.jsonl").is_file():
         meta = json.loads(meta_file.read_text())
         differs = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
@@ -87,7 +89,7 @@ def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
     logger.info("generating ShapesWorld in %s", data_dir)
     generate(data_dir, seed=settings.world_seed, n_train=settings.n_train, n_eval=settings.n_eval,
              size=settings.image_size, turns=settings.turns, max_objects=settings.max_objects,
-             type_weights=settings.type_weights, progress=False)
+             type_weights=settings.type_weights, types=types, progress=False)
     return data_dir
 
 
@@ -291,7 +293,8 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
     runs: dict[int, dict[str, Any]] = {seed: {"pretrain": pretrain, **{arm: next(records) for arm in ARMS}}
                                        for seed, pretrain in zip(settings.seeds, pretrains)}
     scores = {arm: {seed: runs[seed][arm]["scores"] for seed in settings.seeds} for arm in ARMS}
-    types = ["accuracy", *QUESTION_TYPES]
+    chance = chance_levels(data)
+    types = ["accuracy", *(name for name in QUESTION_TYPES if name in chance)]
     within_seed = {}
     for seed in settings.seeds:
         b, v = per_question(Path(runs[seed]["baseline"]["dir"])), per_question(Path(runs[seed]["viral"]["dir"]))
@@ -304,7 +307,7 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
                                                 ("probes", "diagnostics", "seconds")},
                      "student_eval": encoder_report["student"]["eval"],
                      "teacher_eval": encoder_report["teacher"]["eval"]},
-        "chance": chance_levels(data),
+        "chance": chance,
         "runs": {str(seed): runs[seed] for seed in settings.seeds},
         "statistics": summarise(scores, types),
         "mcnemar_per_seed": {str(seed): value for seed, value in within_seed.items()},
