@@ -1,9 +1,10 @@
 """The built-in demo: one seed of the ShapesWorld study (`viral.study`), baseline versus VIRAL, side by side.
 
 World and stage-0 encoders are reused when present, so a second `make demo` only retrains what changed.
-The demo is exactly seed 0 of `viral study` (same world, encoders, steps and configs), so
-`viral study --out runs/demo` reuses its runs and adds the other seeds. It trains the two arms (and the
-two encoders) side by side in two processes of one thread each.
+The demo is seed 0 of `viral study` with half the stage-2 steps (DEMO_FINETUNE_STEPS: 300 instead of the
+config's 600), sized to finish in 15 minutes on two CPU cores from a fresh clone; world and encoders are the
+study's, so `viral study --data runs/demo/shapes --encoders runs/demo/encoders` reuses them. It trains the
+two arms (and the two encoders) side by side in two processes of one thread each.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import sys
 from viral.study.pipeline import ARMS, QUESTION_TYPES, run_study
 from viral.study.report import format_table
 
+DEMO_FINETUNE_STEPS = 300
+
+
 def demo_defaults() -> dict:
-    """The study's settings; only the number of side-by-side processes is chosen here."""
+    """The study's settings with the demo's stage-2 steps and two side-by-side processes."""
     from viral.commands.study import default_jobs
 
-    return {"jobs": default_jobs()}
+    return {"jobs": default_jobs(), "finetune_steps": DEMO_FINETUNE_STEPS}
 
 
 def side_by_side(summary: dict) -> str:
