@@ -1,8 +1,8 @@
 """The built-in demo: one seed of the ShapesWorld study (`viral.study`), baseline versus VIRAL, side by side.
 
 World and stage-0 encoders are reused when present, so a second `make demo` only retrains what changed.
-The demo is seed 0 of `viral study` with half the stage-2 steps (DEMO_FINETUNE_STEPS: 300 instead of the
-config's 600), sized to finish in 15 minutes on two CPU cores from a fresh clone; world and encoders are the
+The demo is seed 0 of `viral study` with fewer stage-2 steps (DEMO_FINETUNE_STEPS: 300 instead of the
+config's 800), sized to finish in 15 minutes on two CPU cores from a fresh clone; world and encoders are the
 study's, so `viral study --data runs/demo/shapes --encoders runs/demo/encoders` reuses them. It trains the
 two arms (and the two encoders) side by side in two processes of one thread each.
 """

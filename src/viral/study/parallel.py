@@ -6,6 +6,7 @@ to the function), which on a small CPU beats one process with several threads fo
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any, Callable
@@ -15,6 +16,13 @@ def run_parallel(function: Callable, calls: list[tuple], jobs: int = 1) -> list[
     """`[function(*args) for args in calls]`, in up to `jobs` processes when jobs > 1 (order kept)."""
     if jobs <= 1 or len(calls) <= 1:
         return [function(*args) for args in calls]
-    with ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=get_context("spawn")) as pool:
+    root = logging.getLogger()
+    with ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=get_context("spawn"),
+                             initializer=_log_like_parent, initargs=(root.level,)) as pool:
         futures = [pool.submit(function, *args, threads=1) for args in calls]
         return [future.result() for future in futures]
+
+
+def _log_like_parent(level: int) -> None:
+    """A spawned worker logs progress (encoder steps, run starts) to stderr like the parent process."""
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
