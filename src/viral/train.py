@@ -126,7 +126,7 @@ class MetricsJsonlCallback(TrainerCallback):
         self.path = Path(path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "loss_lm" not in logs:
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
             return
         row = {"step": state.global_step, "loss": logs.get("loss"), "loss_lm": logs.get("loss_lm"),
                "loss_vra": logs.get("loss_vra"), "lr": logs.get("learning_rate")}
@@ -194,9 +194,13 @@ class ViralTrainer(Trainer):
             if self.args.world_size > 1:
                 sums = self.accelerator.reduce(sums, reduction="sum")
             lm_sum, lm_count, vra_sum, vra_count = sums.tolist()
-            logs["loss_lm"] = lm_sum / lm_count if lm_count else None
             aligned = getattr(self.accelerator.unwrap_model(self.model), "alignment_head", None) is not None
-            logs["loss_vra"] = (vra_sum / vra_count if vra_count else None) if aligned else None
+            # a term that is off or had nothing to average is left out of the logs (metrics.jsonl writes it
+            # as null); a None value would make the TensorBoard callback warn at every logging step
+            if lm_count:
+                logs["loss_lm"] = lm_sum / lm_count
+            if aligned and vra_count:
+                logs["loss_vra"] = vra_sum / vra_count
             if self.num_skipped:
                 logs["skipped_records"] = self.num_skipped
             self._sums = self._zero_sums()
