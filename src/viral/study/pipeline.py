@@ -55,7 +55,7 @@ class StudySettings:
     overrides: list[str] = field(default_factory=list)  # --set overrides of the stage-2 config
     world_seed: int = 0
     n_train: int = 16000  # training images
-    n_eval: int = 2600  # evaluation images: one question per type when it applies (>= 1000 per type)
+    n_eval: int = 2800  # evaluation images: one question per type when it applies (>= 1000 per type)
     image_size: int = 96
     turns: int = 6  # QA turns per training image
     max_objects: int = 3  # objects per image: 1..max_objects
