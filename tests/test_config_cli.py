@@ -64,3 +64,22 @@ def test_shapes_label_maps_match_the_drawn_objects(tmp_path):
         assert label[y, x, 0] > 0 and list(COLOURS)[label[y, x, 1] - 1] == obj.colour
         assert tuple(pixels[y, x]) == COLOURS[obj.colour]
     assert (label[..., 0] > 0).mean() < 0.6
+
+
+def test_shapes_generate_takes_types_and_max_objects(tmp_path, capsys):
+    import json
+
+    from viral.study.world import load_split
+
+    out = tmp_path / "w"
+    assert main(["shapes", "generate", "--out", str(out), "--train", "6", "--eval", "20", "--size", "48",
+                 "--types", "count,position", "--max-objects", "2"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["question_types"] == ["count", "position"] and meta["max_objects"] == 2
+    bench = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines() if line.strip()]
+    assert {row["type"] for row in bench} == {"count", "position"}
+    assert all(1 <= len(objects) <= 2 for objects in load_split(out, "eval").objects)
+    with pytest.raises(SystemExit, match="where"):
+        main(["shapes", "generate", "--out", str(tmp_path / "x"), "--train", "2", "--eval", "2", "--types", "count,where"])
+    with pytest.raises(SystemExit, match="max_objects 0"):
+        main(["shapes", "generate", "--out", str(tmp_path / "y"), "--train", "2", "--eval", "2", "--max-objects", "0"])

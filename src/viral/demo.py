@@ -13,7 +13,7 @@ import shlex
 import sys
 
 from viral.study.pipeline import ARMS, QUESTION_TYPES, run_study
-from viral.study.report import format_table
+from viral.study.report import format_table, premise_sentence
 
 DEMO_FINETUNE_STEPS = 300
 
@@ -53,6 +53,8 @@ def run_demo(args) -> dict:
     diagnostics = summary["encoders"].get("diagnostics") or {}
     print(f"\nteacher diagnostics: constant-target cosine {diagnostics.get('constant_target_cosine')}, "
           f"linear map from the student's patches {diagnostics.get('student_linear_map_cosine')}")
+    if summary["encoders"].get("probes"):
+        print(premise_sentence(summary["encoders"]["probes"]))
     learnable = summary["above_chance"]
     if not learnable["all"]:
         stuck = sorted({name for arm in ARMS for name, ok in learnable[arm].items() if not ok})

@@ -16,6 +16,11 @@ def register(subparsers) -> None:
     gen.add_argument("--eval", type=int, default=200, help="number of evaluation images (one question per type each)")
     gen.add_argument("--size", type=int, default=64, help="image side in pixels")
     gen.add_argument("--turns", type=int, default=3, help="question-answer turns per training image")
+    gen.add_argument("--max-objects", type=int, default=None,
+                     help="each image holds 1..N objects (default: ShapesWorld's MAX_OBJECTS)")
+    gen.add_argument("--types", default=None,
+                     help="comma-separated question types the world asks, in training and in ShapesBench "
+                          "(default: count,relation,existence,colour; position is opt-in)")
     gen.set_defaults(func=run_generate)
 
     enc = sub.add_parser(
@@ -35,10 +40,14 @@ def register(subparsers) -> None:
 
 
 def run_generate(args) -> int:
-    from viral.data.shapes import generate
+    from viral.data.shapes import MAX_OBJECTS, generate
 
-    out = generate(args.out, seed=args.seed, n_train=args.train, n_eval=args.eval, size=args.size,
-                   turns=args.turns)
+    types = [t.strip() for t in args.types.split(",") if t.strip()] if args.types else None
+    try:
+        out = generate(args.out, seed=args.seed, n_train=args.train, n_eval=args.eval, size=args.size,
+                       turns=args.turns, max_objects=MAX_OBJECTS if args.max_objects is None else args.max_objects, types=types)
+    except ValueError as error:
+        raise SystemExit(f"viral shapes generate: {error}") from None
     print(f"ShapesWorld written to {out}")
     return 0
 

@@ -234,6 +234,8 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     training and in the benchmark (default `DEFAULT_TYPES`; `position` is opt-in). `type_weights`: how often
     each of them is drawn for a training turn (default uniform); the benchmark asks every one that applies.
     """
+    if max_objects < 1:
+        raise ValueError(f"max_objects {max_objects}: each image holds at least one object")
     types = list(DEFAULT_TYPES if types is None else types)
     if not types or set(types) - set(QUESTION_TYPES) or len(set(types)) != len(types):
         raise ValueError(f"types {types}: give distinct question types among {QUESTION_TYPES}")

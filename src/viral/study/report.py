@@ -54,6 +54,32 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+PREMISE_MARGIN = 5.0  # points by which the teacher's patch probe must beat the student's
+
+
+def premise_sentence(probes: dict[str, Any], margin: float = PREMISE_MARGIN) -> str:
+    """Whether the premise holds per probe task: the dense teacher's patch-level probe beats the global student's.
+
+    The paper's premise is that a contrastive (global) encoder loses what a dense one keeps; here it holds for
+    a task when the teacher's patch attention probe is at least `margin` points above the student's.
+    """
+    holds, fails = [], []
+    for task in ("count", "position"):
+        if task not in probes.get("student", {}) or task not in probes.get("teacher", {}):
+            continue
+        student = probes["student"][task]["patch_attention_probe"]
+        teacher = probes["teacher"][task]["patch_attention_probe"]
+        text = f"{task} (teacher {teacher:.1f} vs student {student:.1f}, chance {probes['student'][task]['chance']:.1f})"
+        (holds if teacher >= student + margin else fails).append(text)
+    parts = []
+    if holds:
+        parts.append("holds for " + " and ".join(holds))
+    if fails:
+        parts.append("does not hold for " + " and ".join(fails))
+    return (f"Premise (the dense teacher's patch features carry what the global student's lack; patch attention "
+            f"probe, teacher at least {margin:.0f} points above the student): " + "; it ".join(parts) + ".")
+
+
 MAIN_HEADER = ["type", "chance", "baseline", "VIRAL", "VIRAL - baseline [95% CI]", "paired t p", "sign test"]
 
 
@@ -72,8 +98,10 @@ def write_markdown(out: Path, summary: dict[str, Any]) -> Path:
         "",
         markdown_table(MAIN_HEADER, comparison_rows(summary)),
         "",
-        "Chance: always giving the type's most frequent answer. The difference is paired by seed (same stage-1 "
-        "weights and data order in both arms); p-values are two-sided (paired t-test over seeds; exact sign test).",
+        "Chance: for each question form (the question with its colour and shape words masked), always giving "
+        "that form's most frequent answer - what a model that ignores the image can reach. The difference is "
+        "paired by seed (same stage-1 weights and data order in both arms); p-values are two-sided (paired "
+        "t-test over seeds; exact sign test).",
         "",
     ]
     learnable = summary.get("above_chance", {})
@@ -83,15 +111,17 @@ def write_markdown(out: Path, summary: dict[str, Any]) -> Path:
         lines += [f"**Warning:** not clearly above chance (< {learnable['margin']:.0f} points over it in some seed): "
                   + ", ".join(failing) + ". A difference on those types means nothing.", ""]
     lines += ["## Per seed", ""]
+    types = [t for t in TYPES if t in summary["statistics"]["types"]]  # the world's question types only
     rows = []
     for seed, runs in summary["runs"].items():
         mcnemar = summary["mcnemar_per_seed"].get(seed, {}).get("accuracy", {})
         for arm in ARM_LABELS:
             run = runs[arm]
-            rows.append([seed, ARM_LABELS[arm]] + [f"{run['scores'].get(t, float('nan')):.2f}" for t in TYPES]
+            rows.append([seed, ARM_LABELS[arm]] + [f"{run['scores'][t]:.2f}" for t in types]
                         + [_p(mcnemar.get("p_value")) if arm == "viral" else "", f"{run.get('train_seconds', 0):.0f}",
                            f"`{run['dir']}`"])
-    lines += [markdown_table(["seed", "arm", *TYPES, "McNemar p (all)", "train s", "run"], rows), ""]
+    header = ["all" if t == "accuracy" else t for t in types]
+    lines += [markdown_table(["seed", "arm", *header, "McNemar p (all)", "train s", "run"], rows), ""]
     encoders = summary.get("encoders", {})
     if encoders.get("probes"):
         probes = encoders["probes"]
@@ -107,6 +137,7 @@ def write_markdown(out: Path, summary: dict[str, Any]) -> Path:
             f"{json.dumps(encoders.get('student_eval'))}. Teacher (DINOv2 architecture, dense objective): "
             f"{json.dumps(encoders.get('teacher_eval'))}.", "",
             markdown_table(["probe task", "probe", "student", "teacher", "chance"], rows), "",
+            premise_sentence(probes), "",
             f"Alignment diagnostics (mean cosine with the teacher's patch features, eval images): best constant "
             f"vector {diagnostics.get('constant_target_cosine')}, linear map from the student's own patch features "
             f"{diagnostics.get('student_linear_map_cosine')}.", "",
