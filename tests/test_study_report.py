@@ -1,6 +1,6 @@
 """The study's report: tables of the world's own question types, the premise verdict, the plot."""
 
-from viral.study.report import premise_sentence, write_report
+from viral.study.report import _p, premise_sentence, write_report
 from study_fixtures import PROBES, fake_summary
 
 
@@ -26,3 +26,7 @@ def test_markdown_lists_only_the_worlds_types_and_warns_about_chance(tmp_path):
     assert "baseline: relation" in warning and "VIRAL: existence" in warning and "count" not in warning
     assert "Premise (" in text and "does not hold for position" in text
     assert outputs["plot"].endswith("study.png") and (tmp_path / "study.png").stat().st_size > 10_000
+
+
+def test_p_values_print_with_three_digits_and_a_floor():
+    assert [_p(None), _p(0.0281234), _p(1.0), _p(0.0)] == ["-", "0.0281", "1", "<1e-4"]

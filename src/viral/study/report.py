@@ -17,7 +17,10 @@ def _pm(stats: dict[str, Any] | None) -> str:
 
 
 def _p(value: float | None) -> str:
-    return "-" if value is None else (f"{value:.3g}" if value >= 1e-4 else f"{value:.1e}")
+    """A p-value for a table; the statistics keep 4 decimals, so 0 means below 1e-4."""
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if value >= 1e-4 else "<1e-4"
 
 
 def comparison_rows(summary: dict[str, Any]) -> list[list[str]]:
