@@ -110,3 +110,13 @@ def test_chance_is_the_best_answer_per_question_form(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"shapes": ["circle"], "colours": ["red", "green", "blue"]}))
     # left/right form: "left" 2 of 2; above/below form: 1 of 2; count: 2 of 3
     assert chance_levels(tmp_path) == {"relation": 75.0, "count": round(200 / 3, 2)}
+
+
+def test_drawing_in_two_processes_writes_the_same_world(tmp_path):
+    one = generate(tmp_path / "one", seed=4, n_train=7, n_eval=5, size=48, progress=False)
+    two = generate(tmp_path / "two", seed=4, n_train=7, n_eval=5, size=48, progress=False, jobs=2)
+    files = sorted(p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file())
+    assert len(files) == 4 + 2 * (7 + 5)
+    assert files == sorted(p.relative_to(two).as_posix() for p in two.rglob("*") if p.is_file())
+    for name in files:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name

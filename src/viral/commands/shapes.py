@@ -21,6 +21,7 @@ def register(subparsers) -> None:
     gen.add_argument("--types", default=None,
                      help="comma-separated question types the world asks, in training and in ShapesBench "
                           "(default: count,relation,existence,colour; position is opt-in)")
+    gen.add_argument("--jobs", type=int, default=1, help="processes drawing the scenes (same files for any N)")
     gen.set_defaults(func=run_generate)
 
     enc = sub.add_parser(
@@ -45,7 +46,8 @@ def run_generate(args) -> int:
     types = [t.strip() for t in args.types.split(",") if t.strip()] if args.types else None
     try:
         out = generate(args.out, seed=args.seed, n_train=args.train, n_eval=args.eval, size=args.size,
-                       turns=args.turns, max_objects=MAX_OBJECTS if args.max_objects is None else args.max_objects, types=types)
+                       turns=args.turns, max_objects=MAX_OBJECTS if args.max_objects is None else args.max_objects, types=types,
+                       jobs=args.jobs)
     except ValueError as error:
         raise SystemExit(f"viral shapes generate: {error}") from None
     print(f"ShapesWorld written to {out}")

@@ -225,15 +225,60 @@ def _question(rng, objects, qtype, size):
     return f"{question} {INSTRUCTIONS[qtype]}", answer
 
 
+def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, max_objects: int, turns: int,
+                   types: list[str], weights: np.ndarray | None, progress: bool = False,
+                   threads: int | None = None) -> list[dict]:
+    """Draw and save the scenes `indices` of `split`; their records in order (train: record and caption).
+
+    Every scene has its own random stream (`draw_scene`), so any split of the indices into chunks, in any
+    process, writes the same files and records. `threads` is accepted for `run_parallel` and unused.
+    """
+    records = []
+    for i in tqdm(indices, desc=f"ShapesWorld {split}", disable=not progress):
+        rng, objects, image, labels = draw_scene(seed, split, i, size, max_objects)
+        name = f"{split}_{i:06d}.png"
+        image.save(out / "images" / name)
+        labels.save(out / "labels" / name)
+        rel = f"images/{name}"
+        if split == "train":
+            conversation = []
+            for turn in range(turns):
+                if weights is None:
+                    qtype = types[int(rng.integers(len(types)))]
+                else:
+                    qtype = types[int(rng.choice(len(types), p=weights))]
+                question, answer = _question(rng, objects, qtype, size) or _question(rng, objects, "existence", size)
+                if turn == 0:
+                    question = "<image>\n" + question
+                conversation += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+            records.append({"id": f"train-{i}", "image": rel, "conversations": conversation})
+            records.append({"id": f"caption-{i}", "image": rel, "conversations": [
+                {"from": "human", "value": "<image>\nDescribe the image."},
+                {"from": "gpt", "value": caption(objects)},
+            ]})
+        else:
+            for qtype in types:
+                made = _question(rng, objects, qtype, size)
+                if made is None:
+                    continue
+                question, answer = made
+                records.append({"question_id": f"eval-{i}-{qtype}", "image": rel, "question": question,
+                                "answer": answer, "type": qtype})
+    return records
+
+
 def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: int = 200, size: int = 64,
              turns: int = 3, progress: bool = True, max_objects: int = MAX_OBJECTS,
-             type_weights: dict[str, float] | None = None, types: list[str] | None = None) -> Path:
+             type_weights: dict[str, float] | None = None, types: list[str] | None = None, jobs: int = 1) -> Path:
     """Write a ShapesWorld dataset (see the module docstring) and return its folder.
 
     `max_objects`: each image holds 1..max_objects objects. `types`: the question types the world asks, in
     training and in the benchmark (default `DEFAULT_TYPES`; `position` is opt-in). `type_weights`: how often
     each of them is drawn for a training turn (default uniform); the benchmark asks every one that applies.
+    `jobs` > 1 draws the scenes in that many processes; the files written are the same.
     """
+    from viral.study.parallel import run_parallel
+
     if max_objects < 1:
         raise ValueError(f"max_objects {max_objects}: each image holds at least one object")
     types = list(DEFAULT_TYPES if types is None else types)
@@ -249,45 +294,16 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
-    train_records, caption_records, eval_records = [], [], []
+    written = {}
     for split, count in (("train", n_train), ("eval", n_eval)):
-        for i in tqdm(range(count), desc=f"ShapesWorld {split}", disable=not progress):
-            rng, objects, image, labels = draw_scene(seed, split, i, size, max_objects)
-            name = f"{split}_{i:06d}.png"
-            image.save(out / "images" / name)
-            labels.save(out / "labels" / name)
-            rel = f"images/{name}"
-            if split == "train":
-                conversation = []
-                for turn in range(turns):
-                    if weights is None:
-                        qtype = types[int(rng.integers(len(types)))]
-                    else:
-                        qtype = types[int(rng.choice(len(types), p=weights))]
-                    made = _question(rng, objects, qtype, size) or _question(rng, objects, "existence", size)
-                    question, answer = made
-                    if turn == 0:
-                        question = "<image>\n" + question
-                    conversation += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-                train_records.append({"id": f"train-{i}", "image": rel, "conversations": conversation})
-                caption_records.append({
-                    "id": f"caption-{i}",
-                    "image": rel,
-                    "conversations": [
-                        {"from": "human", "value": "<image>\nDescribe the image."},
-                        {"from": "gpt", "value": caption(objects)},
-                    ],
-                })
-            else:
-                for qtype in types:
-                    made = _question(rng, objects, qtype, size)
-                    if made is None:
-                        continue
-                    question, answer = made
-                    eval_records.append({
-                        "question_id": f"eval-{i}-{qtype}", "image": rel, "question": question,
-                        "answer": answer, "type": qtype,
-                    })
+        step = -(-count // max(jobs, 1)) or 1  # ceil(count / jobs): one chunk per process
+        chunks = [range(start, min(count, start + step)) for start in range(0, count, step)] or [range(0)]
+        calls = [(out, seed, split, chunk, size, max_objects, turns, types, weights, progress and jobs <= 1)
+                 for chunk in chunks]
+        written[split] = [record for part in run_parallel(_scene_records, calls, jobs) for record in part]
+    train_records = [r for r in written["train"] if r["id"].startswith("train-")]
+    caption_records = [r for r in written["train"] if r["id"].startswith("caption-")]
+    eval_records = written["eval"]
     (out / "train.json").write_text(json.dumps(train_records))
     (out / "captions.json").write_text(json.dumps(caption_records))
     (out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in eval_records))

@@ -89,7 +89,7 @@ def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
     logger.info("generating ShapesWorld in %s", data_dir)
     generate(data_dir, seed=settings.world_seed, n_train=settings.n_train, n_eval=settings.n_eval,
              size=settings.image_size, turns=settings.turns, max_objects=settings.max_objects,
-             type_weights=settings.type_weights, types=types, progress=False)
+             type_weights=settings.type_weights, types=types, progress=False, jobs=settings.jobs)
     return data_dir
 
 
