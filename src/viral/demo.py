@@ -1,10 +1,10 @@
 """The built-in demo: one seed of the ShapesWorld study (`viral.study`), baseline versus VIRAL, side by side.
 
 World and stage-0 encoders are reused when present, so a second `make demo` only retrains what changed.
-The demo is seed 0 of `viral study` with fewer stage-2 steps (DEMO_FINETUNE_STEPS: 300 instead of the
+The demo is seed 0 of `viral study` with fewer stage-2 steps (DEMO_FINETUNE_STEPS: 200 instead of the
 config's 800), sized to finish in 15 minutes on two CPU cores from a fresh clone; world and encoders are the
-study's, so `viral study --data runs/demo/shapes --encoders runs/demo/encoders` reuses them. It trains the
-two arms (and the two encoders) side by side in two processes of one thread each.
+study's, so `viral study --data runs/demo/shapes --encoders runs/demo/encoders` reuses them. It draws the world,
+trains the two encoders and then the two arms side by side, in two processes of one thread each.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from viral.study.pipeline import ARMS, QUESTION_TYPES, run_study
 from viral.study.report import format_table, premise_sentence
 
-DEMO_FINETUNE_STEPS = 300
+DEMO_FINETUNE_STEPS = 200
 
 
 def demo_defaults() -> dict:
