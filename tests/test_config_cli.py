@@ -80,6 +80,7 @@ def test_shapes_generate_takes_types_and_max_objects(tmp_path, capsys):
     assert {row["type"] for row in bench} == {"count", "position"}
     assert all(1 <= len(objects) <= 2 for objects in load_split(out, "eval").objects)
     with pytest.raises(SystemExit, match="where"):
-        main(["shapes", "generate", "--out", str(tmp_path / "x"), "--train", "2", "--eval", "2", "--types", "count,where"])
+        main(["shapes", "generate", "--out", str(tmp_path / "x"), "--train", "2", "--eval", "2",
+              "--types", "count,where"])
     with pytest.raises(SystemExit, match="max_objects 0"):
         main(["shapes", "generate", "--out", str(tmp_path / "y"), "--train", "2", "--eval", "2", "--max-objects", "0"])

@@ -227,13 +227,13 @@ def _question(rng, objects, qtype, size):
 
 def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, max_objects: int, turns: int,
                    types: list[str], weights: np.ndarray | None, progress: bool = False,
-                   threads: int | None = None) -> list[dict]:
-    """Draw and save the scenes `indices` of `split`; their records in order (train: record and caption).
+                   threads: int | None = None) -> dict[str, list[dict]]:
+    """Draw and save the scenes `indices` of `split`; their records in order, per output file.
 
     Every scene has its own random stream (`draw_scene`), so any split of the indices into chunks, in any
     process, writes the same files and records. `threads` is accepted for `run_parallel` and unused.
     """
-    records = []
+    records: dict[str, list[dict]] = {"train.json": [], "captions.json": []} if split == "train" else {"eval.jsonl": []}
     for i in tqdm(indices, desc=f"ShapesWorld {split}", disable=not progress):
         rng, objects, image, labels = draw_scene(seed, split, i, size, max_objects)
         name = f"{split}_{i:06d}.png"
@@ -251,8 +251,8 @@ def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, 
                 if turn == 0:
                     question = "<image>\n" + question
                 conversation += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-            records.append({"id": f"train-{i}", "image": rel, "conversations": conversation})
-            records.append({"id": f"caption-{i}", "image": rel, "conversations": [
+            records["train.json"].append({"id": f"train-{i}", "image": rel, "conversations": conversation})
+            records["captions.json"].append({"id": f"caption-{i}", "image": rel, "conversations": [
                 {"from": "human", "value": "<image>\nDescribe the image."},
                 {"from": "gpt", "value": caption(objects)},
             ]})
@@ -262,8 +262,8 @@ def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, 
                 if made is None:
                     continue
                 question, answer = made
-                records.append({"question_id": f"eval-{i}-{qtype}", "image": rel, "question": question,
-                                "answer": answer, "type": qtype})
+                records["eval.jsonl"].append({"question_id": f"eval-{i}-{qtype}", "image": rel, "question": question,
+                                              "answer": answer, "type": qtype})
     return records
 
 
@@ -294,19 +294,18 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
-    written = {}
+    written: dict[str, list[dict]] = {}
     for split, count in (("train", n_train), ("eval", n_eval)):
         step = -(-count // max(jobs, 1)) or 1  # ceil(count / jobs): one chunk per process
         chunks = [range(start, min(count, start + step)) for start in range(0, count, step)] or [range(0)]
         calls = [(out, seed, split, chunk, size, max_objects, turns, types, weights, progress and jobs <= 1)
                  for chunk in chunks]
-        written[split] = [record for part in run_parallel(_scene_records, calls, jobs) for record in part]
-    train_records = [r for r in written["train"] if r["id"].startswith("train-")]
-    caption_records = [r for r in written["train"] if r["id"].startswith("caption-")]
-    eval_records = written["eval"]
-    (out / "train.json").write_text(json.dumps(train_records))
-    (out / "captions.json").write_text(json.dumps(caption_records))
-    (out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in eval_records))
+        for part in run_parallel(_scene_records, calls, jobs):
+            for name, records in part.items():
+                written.setdefault(name, []).extend(records)
+    (out / "train.json").write_text(json.dumps(written["train.json"]))
+    (out / "captions.json").write_text(json.dumps(written["captions.json"]))
+    (out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in written["eval.jsonl"]))
     meta = {"seed": seed, "n_train": n_train, "n_eval": n_eval, "size": size, "turns": turns,
             "max_objects": max_objects, "type_weights": type_weights, "shapes": SHAPES,
             "colours": list(COLOURS), "question_types": types}
