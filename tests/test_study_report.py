@@ -1,6 +1,6 @@
 """The study's report: tables of the world's own question types, the premise verdict, the plot."""
 
-from viral.study.report import _p, premise_sentence, write_report
+from viral.study.report import format_p, premise_sentence, write_report
 from study_fixtures import PROBES, fake_summary
 
 
@@ -29,4 +29,4 @@ def test_markdown_lists_only_the_worlds_types_and_warns_about_chance(tmp_path):
 
 
 def test_p_values_print_with_three_digits_and_a_floor():
-    assert [_p(None), _p(0.0281234), _p(1.0), _p(0.0)] == ["-", "0.0281", "1", "<1e-4"]
+    assert [format_p(None), format_p(0.0281234), format_p(1.0), format_p(0.0)] == ["-", "0.0281", "1", "<1e-4"]

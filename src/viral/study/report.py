@@ -16,7 +16,7 @@ def _pm(stats: dict[str, Any] | None) -> str:
     return f"{stats['mean']:.2f}" + (f" ± {stats['std']:.2f}" if stats.get("std") is not None else "")
 
 
-def _p(value: float | None) -> str:
+def format_p(value: float | None) -> str:
     """A p-value for a table; the statistics keep 4 decimals, so 0 means below 1e-4."""
     if value is None:
         return "-"
@@ -36,8 +36,9 @@ def comparison_rows(summary: dict[str, Any]) -> list[list[str]]:
         sign = paired["sign_test"]
         chance = summary["chance"].get(name)
         rows.append([name if name != "accuracy" else "all", "-" if chance is None else f"{chance:.1f}",
-                     _pm(entry["baseline"]), _pm(entry["viral"]), difference, _p(paired["paired_t"]["p_value"]),
-                     f"{sign['positive']}+/{sign['negative']}- p={_p(sign['p_value'])}"])
+                     _pm(entry["baseline"]), _pm(entry["viral"]), difference,
+                     format_p(paired["paired_t"]["p_value"]),
+                     f"{sign['positive']}+/{sign['negative']}- p={format_p(sign['p_value'])}"])
     return rows
 
 
@@ -72,7 +73,8 @@ def premise_sentence(probes: dict[str, Any], margin: float = PREMISE_MARGIN) -> 
             continue
         student = probes["student"][task]["patch_attention_probe"]
         teacher = probes["teacher"][task]["patch_attention_probe"]
-        text = f"{task} (teacher {teacher:.1f} vs student {student:.1f}, chance {probes['student'][task]['chance']:.1f})"
+        chance = probes["student"][task]["chance"]
+        text = f"{task} (teacher {teacher:.1f} vs student {student:.1f}, chance {chance:.1f})"
         (holds if teacher >= student + margin else fails).append(text)
     parts = []
     if holds:
@@ -121,8 +123,8 @@ def write_markdown(out: Path, summary: dict[str, Any]) -> Path:
         for arm in ARM_LABELS:
             run = runs[arm]
             rows.append([seed, ARM_LABELS[arm]] + [f"{run['scores'][t]:.2f}" for t in types]
-                        + [_p(mcnemar.get("p_value")) if arm == "viral" else "", f"{run.get('train_seconds', 0):.0f}",
-                           f"`{run['dir']}`"])
+                        + [format_p(mcnemar.get("p_value")) if arm == "viral" else "",
+                           f"{run.get('train_seconds', 0):.0f}", f"`{run['dir']}`"])
     header = ["all" if t == "accuracy" else t for t in types]
     lines += [markdown_table(["seed", "arm", *header, "McNemar p (all)", "train s", "run"], rows), ""]
     encoders = summary.get("encoders", {})
