@@ -1,7 +1,7 @@
 """The built-in demo: one seed of the ShapesWorld study (`viral.study`), baseline versus VIRAL, side by side.
 
 World and stage-0 encoders are reused when present, so a second `make demo` only retrains what changed.
-The demo is seed 0 of `viral study` with fewer stage-2 steps (DEMO_FINETUNE_STEPS: 200 instead of the
+The demo is seed 0 of `viral study` with fewer stage-2 steps (DEMO_FINETUNE_STEPS: 150 instead of the
 config's 800), sized to finish in 15 minutes on two CPU cores from a fresh clone; world and encoders are the
 study's, so `viral study --data runs/demo/shapes --encoders runs/demo/encoders` reuses them. It draws the world,
 trains the two encoders and then the two arms side by side, in two processes of one thread each.
@@ -13,9 +13,9 @@ import shlex
 import sys
 
 from viral.study.pipeline import ARMS, QUESTION_TYPES, run_study
-from viral.study.report import format_table, premise_sentence
+from viral.study.report import format_p, format_table, premise_sentence
 
-DEMO_FINETUNE_STEPS = 200
+DEMO_FINETUNE_STEPS = 150
 
 
 def demo_defaults() -> dict:
@@ -37,7 +37,7 @@ def side_by_side(summary: dict) -> str:
         b, v = runs["baseline"]["scores"][name], runs["viral"]["scores"][name]
         chance = summary["chance"].get(name)
         rows.append(["all" if name == "accuracy" else name, "-" if chance is None else f"{chance:.1f}",
-                     f"{b:.2f}", f"{v:.2f}", f"{v - b:+.2f}", f"{mcnemar[name]['p_value']:.3g}"])
+                     f"{b:.2f}", f"{v:.2f}", f"{v - b:+.2f}", format_p(mcnemar[name]["p_value"])])
     return format_table(["type", "chance", "baseline", "VIRAL", "difference", "McNemar p"], rows)
 
 
