@@ -179,7 +179,11 @@ def run_probes(features: torch.Tensor, test_features: torch.Tensor, tasks: dict[
         torch.set_num_threads(threads)
     results = {}
     for name, (task, test_task, num_queries, num_classes) in tasks.items():
+        # every probe starts from weights drawn from `seed`, whatever ran before in this process (a pool
+        # worker's global RNG state depends on the calls it ran before: the probes read 72-81 across runs)
+        torch.manual_seed(seed)
         attention = GatedAttentionProbe(features.shape[-1], features.shape[1], num_queries, num_classes)
+        torch.manual_seed(seed)
         linear = PooledLinearProbe(features.shape[-1], num_queries, num_classes)
         results[name] = {
             "patch_attention_probe": fit_probe(attention, features, task, test_features, test_task, steps, seed=seed),
