@@ -5,7 +5,9 @@
   nothing about counts or positions, the analogue of CLIP's image-level supervision.
 - The **teacher** (DINOv2 architecture) is trained with a *dense* objective: from every patch token,
   predict the fraction of the patch covered by each shape and by each colour (soft cross-entropy
-  against the label maps pooled to the patch grid), the analogue of a dense foundation model.
+  against the label maps pooled to the patch grid) and where in the image the patch's object is (its
+  centre, regressed from every patch the object covers), the analogue of a dense foundation model whose
+  patch features carry spatial structure that a global objective leaves out.
 
 Both are saved in transformers format with their own image processors: `OUT/student` (a
 `CLIPVisionModel`, usable as `model.vision_tower_path`) and `OUT/teacher` (a `Dinov2Model`, usable as
@@ -62,6 +64,7 @@ class EncoderSettings:
     probe_train: int = 2000  # images the probes and the linear map are fitted on
     probe_test: int = 1000  # eval images they are scored on
     probe_steps: int = 600
+    teacher_centre_weight: float = 10.0  # weight of the teacher's object-centre regression (0: shape and colour only)
     seed: int = 0
 
 
@@ -99,14 +102,45 @@ def dense_targets(split: WorldSplit, grid: int) -> tuple[torch.Tensor, torch.Ten
     return out[0], out[1]
 
 
-def _flip(pixels: torch.Tensor, dense: list[torch.Tensor], grid: int | None, generator: torch.Generator):
-    """Random horizontal / vertical flips of a batch, applied to the dense targets too."""
+def centre_targets(split: WorldSplit, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each patch's object is: `[n, g*g, 2]` (x, y) of the covering object's centre in [0, 1] of the
+    image, and `[n, g*g]` the fraction of the patch that objects cover (the weight of that target).
+
+    A patch covered by parts of two objects gets the coverage-weighted mean of their centres.
+    """
+    from scipy import ndimage
+
+    size = split.size
+    maps = np.zeros((len(split), 3, size, size), dtype=np.float32)  # (x * covered, y * covered, covered)
+    for i, labels in enumerate(split.labels):
+        ids = labels[..., 0].astype(np.int32) * 16 + labels[..., 1]  # one id per (shape, colour)
+        for value in np.unique(ids[labels[..., 0] > 0]):
+            regions, count = ndimage.label(ids == value)
+            for region in range(1, count + 1):
+                ys, xs = np.nonzero(regions == region)
+                maps[i, 0, ys, xs] = (xs.mean() + 0.5) / size
+                maps[i, 1, ys, xs] = (ys.mean() + 0.5) / size
+                maps[i, 2, ys, xs] = 1.0
+    maps[:, :2] *= maps[:, 2:]
+    pooled = F.adaptive_avg_pool2d(torch.from_numpy(maps), grid).flatten(2).transpose(1, 2)  # [n, g*g, 3]
+    covered = pooled[..., 2]
+    return pooled[..., :2] / covered.clamp_min(1e-6)[..., None], covered
+
+
+def _flip(pixels: torch.Tensor, dense: list[torch.Tensor], grid: int | None, generator: torch.Generator,
+          centres: torch.Tensor | None = None):
+    """Random horizontal / vertical flips of a batch, applied to the dense targets too; object centres
+    `[B, g*g, 2]` (x, y in [0, 1]) move with the image (x -> 1 - x on a horizontal flip)."""
     for dim in (3, 2):
         if torch.rand((), generator=generator) < 0.5:
             pixels = pixels.flip(dim)
             if grid is not None:
                 dense = [d.reshape(d.shape[0], grid, grid, -1).flip(dim - 1).flatten(1, 2) for d in dense]
-    return pixels, dense
+            if centres is not None:
+                centres = centres.reshape(centres.shape[0], grid, grid, 2).flip(dim - 1).flatten(1, 2).clone()
+                axis = 0 if dim == 3 else 1
+                centres[..., axis] = 1.0 - centres[..., axis]
+    return (pixels, dense) if centres is None else (pixels, dense, centres)
 
 
 def _schedule(optimizer, steps: int):
@@ -207,9 +241,11 @@ def train_teacher(train: WorldSplit, settings: EncoderSettings):
     grid = settings.teacher_image_size // settings.patch_size
     shape_head = nn.Linear(settings.hidden_size, NUM_SHAPE_CLASSES)
     colour_head = nn.Linear(settings.hidden_size, NUM_COLOUR_CLASSES)
+    centre_head = nn.Linear(settings.hidden_size, 2)
     pixels = normalise(resize_images(train.images, settings.teacher_image_size), IMAGENET_MEAN, IMAGENET_STD)
     shape_frac, colour_frac = dense_targets(train, grid)  # [n, g*g, 4], [n, g*g, 5]
-    params = list(model.parameters()) + list(shape_head.parameters()) + list(colour_head.parameters())
+    centres, covered = centre_targets(train, grid)  # [n, g*g, 2], [n, g*g]
+    params = [p for module in (model, shape_head, colour_head, centre_head) for p in module.parameters()]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.01)
     scheduler = _schedule(optimizer, settings.teacher_steps)
     generator = torch.Generator().manual_seed(settings.seed + 1)
@@ -217,9 +253,15 @@ def train_teacher(train: WorldSplit, settings: EncoderSettings):
     model.train()
     for step in range(settings.teacher_steps):
         index = torch.randint(len(pixels), (settings.batch_size,), generator=generator)
-        batch, (shapes, colours) = _flip(pixels[index], [shape_frac[index], colour_frac[index]], grid, generator)
+        batch, (shapes, colours, weight), centre = _flip(
+            pixels[index], [shape_frac[index], colour_frac[index], covered[index, :, None]], grid, generator,
+            centres[index])
         tokens = model(pixel_values=batch).last_hidden_state[:, 1:]  # [B, g*g, D]
         loss = soft_cross_entropy(shape_head(tokens), shapes) + soft_cross_entropy(colour_head(tokens), colours)
+        if settings.teacher_centre_weight:
+            # where the patch's object is, in the image: a target that needs position, unlike the others
+            squared = ((centre_head(tokens) - centre) ** 2).sum(-1, keepdim=True)  # [B, g*g, 1]
+            loss = loss + settings.teacher_centre_weight * (weight * squared).sum() / weight.sum().clamp_min(1.0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -228,7 +270,7 @@ def train_teacher(train: WorldSplit, settings: EncoderSettings):
             curve.append({"step": step, "loss": round(loss.item(), 5)})
             logger.info("teacher step %d loss %.4f", step, loss.item())
     model.eval()
-    return model, (shape_head, colour_head), curve
+    return model, (shape_head, colour_head, centre_head), curve
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -260,6 +302,10 @@ def teacher_objective(model, heads, split: WorldSplit, settings: EncoderSettings
         correct = head(tokens).argmax(-1) == frac.argmax(-1)
         result[f"patch_{name}_accuracy"] = round(float(correct.float().mean()) * 100, 2)
         result[f"object_patch_{name}_accuracy"] = round(float(correct[occupied].float().mean()) * 100, 2)
+    if settings.teacher_centre_weight:
+        centres, _ = centre_targets(split, grid)
+        error = (heads[2](tokens) - centres)[occupied].norm(dim=-1) * split.size  # [patches with an object]
+        result["object_patch_centre_error_px"] = round(float(error.mean()), 2)
     return result
 
 
@@ -312,9 +358,10 @@ def stage0_encoder(kind: str, data_dir: str, out: str, settings_dict: dict[str, 
     elif kind == "teacher":
         model, heads, curve = train_teacher(train, settings)
         save_teacher(model, folder, settings.teacher_image_size)
-        _save_heads({"shape": heads[0], "colour": heads[1]}, folder)
+        _save_heads({"shape": heads[0], "colour": heads[1], "centre": heads[2]}, folder)
         section = {"architecture": "Dinov2Model", "image_size": settings.teacher_image_size,
-                   "objective": "dense: per-patch shape and colour fractions from the label maps",
+                   "objective": "dense: per-patch shape and colour fractions from the label maps"
+                                + (", and the centre of the patch's object" if settings.teacher_centre_weight else ""),
                    "eval": teacher_objective(model, heads, evaluation, settings)}
     else:
         raise ValueError(f"unknown stage-0 encoder {kind!r}; choose student or teacher")
