@@ -116,7 +116,7 @@ def test_drawing_in_two_processes_writes_the_same_world(tmp_path):
     one = generate(tmp_path / "one", seed=4, n_train=7, n_eval=5, size=48, progress=False)
     two = generate(tmp_path / "two", seed=4, n_train=7, n_eval=5, size=48, progress=False, jobs=2)
     files = sorted(p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file())
-    assert len(files) == 4 + 2 * (7 + 5)
+    assert len(files) == 5 + 2 * (7 + 5)  # train, captions, text, eval, meta + images and label maps
     assert files == sorted(p.relative_to(two).as_posix() for p in two.rglob("*") if p.is_file())
     for name in files:
         assert (one / name).read_bytes() == (two / name).read_bytes(), name

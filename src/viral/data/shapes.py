@@ -9,6 +9,8 @@ colours on varied backgrounds (flat colours, gradients, noise), and writes:
                                                green channel = colour id (0 background, 1.. in COLOURS order);
 - `train.json`                                 LLaVA-format instruction records (multi-turn QA);
 - `captions.json`                              LLaVA-format caption records for projector pre-training;
+- `text.json`                                  the same training turns and captions without their images
+                                               (`<image>` dropped): the corpus of the study's language stage;
 - `eval.jsonl`                                 ShapesBench: one question per type per evaluation image,
                                                `{question_id, image, question, answer, type}`;
 - `meta.json`                                  the world's vocabulary, image size and seed.
@@ -93,7 +95,8 @@ def _place_objects(rng: np.random.Generator, size: int, max_objects: int = MAX_O
     attempts = 0
     while len(objects) < count and attempts < 200:
         attempts += 1
-        half = float(rng.uniform(size * 0.06, size * 0.11))
+        # 16-27 px wide at 96 px: two to five 12-px patches across, so the tiny encoders can tell the shapes apart
+        half = float(rng.uniform(size * 0.085, size * 0.14))
         cx = float(rng.uniform(half + 1, size - half - 1))
         cy = float(rng.uniform(half + 1, size - half - 1))
         if any(abs(cx - o.cx) < half + o.half + 2 and abs(cy - o.cy) < half + o.half + 2 for o in objects):
@@ -241,13 +244,18 @@ def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, 
         labels.save(out / "labels" / name)
         rel = f"images/{name}"
         if split == "train":
-            conversation = []
+            conversation, asked = [], set()
             for turn in range(turns):
-                if weights is None:
-                    qtype = types[int(rng.integers(len(types)))]
-                else:
-                    qtype = types[int(rng.choice(len(types), p=weights))]
-                question, answer = _question(rng, objects, qtype, size) or _question(rng, objects, "existence", size)
+                for _ in range(8):  # a question already asked about this image could be answered from the chat
+                    if weights is None:
+                        qtype = types[int(rng.integers(len(types)))]
+                    else:
+                        qtype = types[int(rng.choice(len(types), p=weights))]
+                    question, answer = (_question(rng, objects, qtype, size)
+                                        or _question(rng, objects, "existence", size))
+                    if question not in asked:
+                        break
+                asked.add(question)
                 if turn == 0:
                     question = "<image>\n" + question
                 conversation += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
@@ -265,6 +273,25 @@ def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, 
                 records["eval.jsonl"].append({"question_id": f"eval-{i}-{qtype}", "image": rel, "question": question,
                                               "answer": answer, "type": qtype})
     return records
+
+
+TEXT_CORPUS = "text.json"
+
+
+def write_text_corpus(out: str | Path, records: list[dict] | None = None) -> Path:
+    """`text.json`: every training conversation and caption with its image removed (LLaVA text-only records).
+
+    A language model pre-trained on it learns the world's vocabulary and answer formats (and the answers'
+    priors), nothing about any image. `records` default to the folder's train.json and captions.json.
+    """
+    out = Path(out)
+    if records is None:
+        records = json.loads((out / "train.json").read_text()) + json.loads((out / "captions.json").read_text())
+    text = [{"id": f"text-{r['id']}", "conversations": [
+        {"from": turn["from"], "value": turn["value"].replace("<image>\n", "").replace("<image>", "").strip()}
+        for turn in r["conversations"]]} for r in records]
+    (out / TEXT_CORPUS).write_text(json.dumps(text))
+    return out / TEXT_CORPUS
 
 
 def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: int = 200, size: int = 64,
@@ -305,6 +332,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
                 written.setdefault(name, []).extend(records)
     (out / "train.json").write_text(json.dumps(written["train.json"]))
     (out / "captions.json").write_text(json.dumps(written["captions.json"]))
+    write_text_corpus(out, written["train.json"] + written["captions.json"])
     (out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in written["eval.jsonl"]))
     meta = {"seed": seed, "n_train": n_train, "n_eval": n_eval, "size": size, "turns": turns,
             "max_objects": max_objects, "type_weights": type_weights, "shapes": SHAPES,
