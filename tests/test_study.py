@@ -78,7 +78,7 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
                  "train.warmup_ratio=0"]
     settings = StudySettings(seeds=[0, 1], overrides=overrides, n_train=24, n_eval=8, image_size=32, turns=3,
                              max_objects=6, type_weights=None,
-                             pretrain_steps=2, finetune_steps=3, eval_batch_size=16, curve_every=2,
+                             language_steps=2, pretrain_steps=2, finetune_steps=3, eval_batch_size=16, curve_every=2,
                              curve_questions=8)
     out = tmp_path / "study"
     summary = run_study(out, settings, EncoderSettings(**TINY_ENCODERS), data_dir=data, encoders_dir=encoders)
@@ -87,7 +87,13 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
     assert set(written["runs"]) == {"0", "1"} and (out / "study.md").is_file() and (out / "study.png").is_file()
     for seed in ("0", "1"):
         runs = written["runs"][seed]
-        assert set(runs) == {"pretrain", "baseline", "viral"}
+        assert set(runs) == {"language", "pretrain", "baseline", "viral"}
+        # the LLM first learns the world's text without images, then stage 1 starts from it
+        language = yaml.safe_load((Path(runs["language"]["dir"]) / "viral_config.yaml").read_text())
+        assert language["data"]["path"].endswith("text.json") and language["train"]["max_steps"] == 2
+        assert all("image" not in r for r in json.loads((data / "text.json").read_text()))
+        pretrain = yaml.safe_load((Path(runs["pretrain"]["dir"]) / "viral_config.yaml").read_text())
+        assert pretrain["model"]["preset"] == "llava" and pretrain["model"]["model_path"] == runs["language"]["dir"]
         baseline, viral = Path(runs["baseline"]["dir"]), Path(runs["viral"]["dir"])
         for run in (baseline, viral):
             assert (run / "config.json").is_file() and (run / "eval" / "shapes.json").is_file()
@@ -155,3 +161,49 @@ def test_run_parallel_keeps_order_and_gives_each_process_one_thread():
     calls = [((("k", i),),) for i in range(3)]
     assert run_parallel(dict, calls, jobs=1) == [{"k": i} for i in range(3)]
     assert run_parallel(dict, calls, jobs=2) == [{"k": i, "threads": 1} for i in range(3)]
+
+
+def test_probes_give_the_same_numbers_whatever_ran_before(small_world):
+    from viral.study.probes import probe_tasks, run_probes
+    from viral.study.world import load_split
+
+    train, test = load_split(small_world, "train"), load_split(small_world, "eval")
+    tasks = probe_tasks(train, test)
+    features = torch.randn(len(train), 16, 8, generator=torch.Generator().manual_seed(1))
+    test_features = torch.randn(len(test), 16, 8, generator=torch.Generator().manual_seed(2))
+    results = []
+    for state in (3, 4):  # a pool worker's global RNG is whatever its earlier calls (or the OS) left
+        torch.manual_seed(state)
+        torch.randn(100)
+        results.append(run_probes(features, test_features, tasks, steps=5, seed=0))
+    assert results[0] == results[1]
+
+
+def test_centre_targets_point_at_the_object_covering_each_patch_and_move_with_flips(small_world):
+    from viral.study.encoders import _flip, centre_targets
+    from viral.study.world import load_split
+
+    split = load_split(small_world, "train")
+    centres, covered = centre_targets(split, 4)  # [n, 16, 2], [n, 16]
+    assert centres.shape == (len(split), 16, 2) and covered.shape == (len(split), 16)
+    alone = [(i, objects[0]) for i, objects in enumerate(split.objects) if len(objects) == 1]
+    assert len(alone) >= 2
+    for i, o in alone:  # the patch holding a lone object's centre pixel points at that object
+        patch = int(o.cy // 8) * 4 + int(o.cx // 8)
+        assert covered[i, patch] > 0
+        assert torch.allclose(centres[i, patch], torch.tensor([(o.cx + 0.5) / 32, (o.cy + 0.5) / 32]), atol=0.02)
+    assert ((covered == 0) | (centres.min(-1).values >= 0)).all() and (centres <= 1).all()
+
+    pixels = torch.zeros(len(split), 3, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    while True:  # a draw that flips horizontally only
+        state = generator.get_state()
+        flips = [bool(torch.rand((), generator=generator) < 0.5) for _ in range(2)]
+        if flips == [True, False]:
+            break
+    generator.set_state(state)
+    _, (flipped_cover,), flipped = _flip(pixels, [covered[..., None]], 4, generator, centres)
+    grid_before, grid_after = centres.view(-1, 4, 4, 2), flipped.view(-1, 4, 4, 2)
+    assert torch.allclose(grid_after[:, :, 0, 0], 1 - grid_before[:, :, 3, 0])  # mirrored place, mirrored x
+    assert torch.allclose(grid_after[:, :, 0, 1], grid_before[:, :, 3, 1])  # y unchanged
+    assert torch.equal(flipped_cover.view(-1, 4, 4), covered.view(-1, 4, 4).flip(2))

@@ -4,6 +4,9 @@ Layout under OUT (every number in `study.json` traces to a run folder):
 
     shapes/                     the ShapesWorld data (reused when present; or --data elsewhere)
     encoders/                   stage 0: student/, teacher/, report.json (reused; or --encoders elsewhere)
+    seed-K/language/            stage 0 of the LLM: the tiny LLM pre-trained on the world's text without images
+                                (`text.json`: the training turns and captions), so that it arrives knowing the
+                                vocabulary and the answer formats (skipped with language_steps = 0)
     seed-K/pretrain/            stage 1: projector pre-training on captions (plain template, train.stage=pretrain)
     seed-K/baseline/            stage 2 without alignment (align.vra_loss: false)
     seed-K/viral/               stage 2 with VIRAL (teacher = encoders/teacher)
@@ -32,6 +35,7 @@ import yaml
 from transformers import TrainerCallback
 
 from viral.config import ConfigError, config_from_dict, load_config
+from viral.data.shapes import TEXT_CORPUS
 from viral.study.encoders import STUDENT_DIR, TEACHER_DIR, EncoderSettings, train_encoders
 from viral.study.parallel import run_parallel
 
@@ -61,6 +65,7 @@ class StudySettings:
     max_objects: int = 3  # objects per image: 1..max_objects
     question_types: list[str] | None = None  # None: ShapesWorld's DEFAULT_TYPES (count, relation, existence, colour)
     type_weights: dict[str, float] | None = None  # how often each type is drawn for a training turn (uniform)
+    language_steps: int = 300  # stage-0 steps of the LLM on the world's text (0: the LLM starts random at stage 1)
     pretrain_steps: int = 200
     finetune_steps: int | None = None  # None: the config's train.max_steps
     eval_batch_size: int = 64
@@ -72,7 +77,7 @@ class StudySettings:
 
 def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
     """Generate the world unless `data_dir` already holds one with the same seed, sizes and image size."""
-    from viral.data.shapes import DEFAULT_TYPES, generate
+    from viral.data.shapes import DEFAULT_TYPES, generate, write_text_corpus
 
     types = list(settings.question_types or DEFAULT_TYPES)
     meta_file = data_dir / "meta.json"
@@ -85,6 +90,8 @@ def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
         if differs:
             raise ConfigError(f"{data_dir} holds a ShapesWorld with different settings (found, wanted): {differs}; "
                               "point --data elsewhere or match --train-images/--eval-images")
+        if not (data_dir / TEXT_CORPUS).is_file():  # a world written before the language stage existed
+            write_text_corpus(data_dir)
         return data_dir
     logger.info("generating ShapesWorld in %s", data_dir)
     generate(data_dir, seed=settings.world_seed, n_train=settings.n_train, n_eval=settings.n_eval,
@@ -101,15 +108,24 @@ def stage_configs(settings: StudySettings, seed: int, data_dir: Path, encoders_d
         common.append(f"train.max_steps={settings.finetune_steps}")
     viral = load_config(settings.config, common)
     num_layers = viral.model.num_layers
-    pretrain_dir = seed_dir / "pretrain"
-    pretrain = load_config(settings.config, common + [
-        f"output_dir={pretrain_dir}", "model.preset=tiny", f"model.seed={seed}",
-        f"model.vision_tower_path={encoders_dir / STUDENT_DIR}",
-        f"model.tokenizer_corpus={data_dir / 'train.json'},{data_dir / 'captions.json'}",
-        f"data.path={data_dir / 'captions.json'}", "data.template=plain", "train.stage=pretrain",
-        f"train.max_steps={settings.pretrain_steps}", "align.vra_loss=false",
+    pretrain_dir, language_dir = seed_dir / "pretrain", seed_dir / "language"
+    tiny = ["model.preset=tiny", f"model.seed={seed}", f"model.vision_tower_path={encoders_dir / STUDENT_DIR}",
+            f"model.tokenizer_corpus={data_dir / 'train.json'},{data_dir / 'captions.json'}"]
+    configs = {}
+    if settings.language_steps:
+        # the LLM alone on text-only records (no image: the projector and the tower get no gradient)
+        configs["language"] = load_config(settings.config, common + tiny + [
+            f"output_dir={language_dir}", f"data.path={data_dir / TEXT_CORPUS}", "train.stage=finetune",
+            "train.finetune_mode=full", f"train.max_steps={settings.language_steps}", "align.vra_loss=false",
+        ]).to_dict()
+        start = ["model.preset=llava", f"model.model_path={language_dir}"]
+    else:
+        start = tiny
+    pretrain = load_config(settings.config, common + start + [
+        f"output_dir={pretrain_dir}", f"data.path={data_dir / 'captions.json'}", "data.template=plain",
+        "train.stage=pretrain", f"train.max_steps={settings.pretrain_steps}", "align.vra_loss=false",
     ])
-    configs = {"pretrain": pretrain.to_dict()}
+    configs["pretrain"] = pretrain.to_dict()
     for arm in ARMS:
         config = load_config(settings.config, common + [
             f"output_dir={seed_dir / arm}", "model.preset=llava", f"model.model_path={pretrain_dir}",
@@ -215,6 +231,14 @@ def run_one(config_dict: dict[str, Any], evaluate_on: str | None = None, eval_ba
     return record
 
 
+FIRST_STAGES = ("language", "pretrain")
+
+
+def run_first_stages(stages: dict[str, dict[str, Any]], threads: int | None = None) -> dict[str, dict[str, Any]]:
+    """A seed's stages before the arms split, `{name: config}` in order (language, then stage 1); their records."""
+    return {name: run_one(config, threads=threads) for name, config in stages.items()}
+
+
 def evaluate_run(run_dir: Path, data_dir: str, batch_size: int = 64, limit: int | None = None) -> dict[str, Any]:
     """ShapesBench on a finished run with `viral.evaluate`; scores per type, in percent."""
     from viral.evaluate import evaluate
@@ -284,14 +308,16 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
     configs = {seed: stage_configs(settings, seed, data, encoders, out / f"seed-{seed}") for seed in settings.seeds}
     # every seed's stage 1, then every (seed, arm) of stage 2, `jobs` at a time: the cores never wait
     # for a lone stage-1 run, and the two arms of a seed still start from the same stage-1 weights
-    logger.info("stage 1 (projector pre-training), seeds %s", settings.seeds)
-    pretrains = run_parallel(run_one, [(configs[seed]["pretrain"],) for seed in settings.seeds], settings.jobs)
+    logger.info("stage 1 (%sprojector pre-training), seeds %s",
+                "the LLM on the world's text, then " if settings.language_steps else "", settings.seeds)
+    first = run_parallel(run_first_stages, [({stage: configs[seed][stage] for stage in FIRST_STAGES
+                                              if stage in configs[seed]},) for seed in settings.seeds], settings.jobs)
     logger.info("stage 2, arms %s, seeds %s", ", ".join(ARMS), settings.seeds)
     calls = [(configs[seed][arm], str(data), settings.eval_batch_size, settings.eval_limit, settings.curve_every,
               settings.curve_questions) for seed in settings.seeds for arm in ARMS]
     records = iter(run_parallel(run_one, calls, settings.jobs))
-    runs: dict[int, dict[str, Any]] = {seed: {"pretrain": pretrain, **{arm: next(records) for arm in ARMS}}
-                                       for seed, pretrain in zip(settings.seeds, pretrains)}
+    runs: dict[int, dict[str, Any]] = {seed: {**stages, **{arm: next(records) for arm in ARMS}}
+                                       for seed, stages in zip(settings.seeds, first)}
     scores = {arm: {seed: runs[seed][arm]["scores"] for seed in settings.seeds} for arm in ARMS}
     chance = chance_levels(data)
     types = ["accuracy", *(name for name in QUESTION_TYPES if name in chance)]
