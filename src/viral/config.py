@@ -151,6 +151,7 @@ class TrainConfig:
     fsdp: bool = False  # PyTorch FSDP (configure with fsdp_config, e.g. configs/fsdp-full-shard.json)
     fsdp_config: str | None = None
     dataloader_num_workers: int = 0
+    disable_tqdm: bool = False  # no progress bar and no printed logs (metrics.jsonl and TensorBoard still written)
     max_bad_steps: int = 5  # consecutive NaN/inf-loss steps (each skipped) before the run stops
     overwrite_output_dir: bool = False  # allow writing over a finished run or its checkpoints
 

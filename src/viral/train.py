@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from viral.align.cache import TeacherCache, open_training_cache
 from viral.align.capture import LayerCapture
@@ -315,6 +315,7 @@ def training_arguments(config: ExperimentConfig) -> TrainingArguments:
         fsdp=t.fsdp or None,
         fsdp_config=t.fsdp_config,
         dataloader_num_workers=t.dataloader_num_workers,
+        disable_tqdm=t.disable_tqdm,
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
@@ -426,6 +427,8 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
         projector_lr=config.train.projector_lr,
     )
     trainer.num_skipped = dataset.num_skipped
+    if config.train.disable_tqdm:  # the Trainer prints every log row instead of a bar: neither is wanted
+        trainer.remove_callback(PrinterCallback)
     trainer.add_callback(NonFiniteGuard(trainer, config.train.max_bad_steps))
     parts = {"llava": llava, "mllm": mllm, "processor": processor, "head": head, "template": template,
              "teacher": teacher, "teacher_cache": cache, "dataset": dataset, "residual": residual}
