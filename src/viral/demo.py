@@ -59,7 +59,8 @@ def run_demo(args) -> dict:
     if not learnable["all"]:
         stuck = sorted({name for arm in ARMS for name, ok in learnable[arm].items() if not ok})
         print(f"not clearly above chance in both arms: {', '.join(stuck)} - a difference there means nothing")
-    print(f"wall time {summary['seconds']['total'] / 60:.1f} min\n")
+    stages = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in summary["seconds"]["stages"].items())
+    print(f"wall time {summary['seconds']['total'] / 60:.1f} min ({stages})\n")
     seed = str(summary["statistics"]["seeds"][0])
     for arm in ARMS:
         print(f"{arm} run: {summary['runs'][seed][arm]['dir']}")

@@ -96,8 +96,11 @@ def write_markdown(out: Path, summary: dict[str, Any]) -> Path:
         "",
         f"Command: `{summary.get('command') or 'viral study'}`  ",
         f"Seeds: {seeds}; {settings['n_train']} training images, ShapesBench on {settings['n_eval']} evaluation "
-        f"images; stage 1 {settings['pretrain_steps']} steps; stage 2 config `{settings['config']}` "
-        f"{' '.join(settings['overrides'])}; wall time {summary['seconds']['total'] / 60:.1f} min.",
+        f"images; language stage {settings.get('language_steps', 0)} steps; stage 1 {settings['pretrain_steps']} "
+        f"steps; stage 2 config `{settings['config']}` {' '.join(settings['overrides'])}; wall time "
+        f"{summary['seconds']['total'] / 60:.1f} min"
+        + "".join(f"; {name} {seconds / 60:.1f}" for name, seconds in summary["seconds"].get("stages", {}).items())
+        + ".",
         "",
         "## ShapesBench accuracy (%), mean ± std over seeds",
         "",
