@@ -8,6 +8,7 @@ A study folder (`viral study` / `viral demo`) has `study.json` and `seed-K/{base
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,12 +82,14 @@ def _study_run_dir(root: Path, seed: str, arm: str, recorded: str | None) -> Pat
 
 
 def find_analyses(root: Path) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
-    """`viral analyze` outputs below `root` (checkpoint folders skipped), in path order."""
-    found: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
-    for name, file_name in ANALYSIS_FILES.items():
-        files = sorted(p for p in root.rglob(file_name) if not any(part.startswith("checkpoint-") for part in p.parts))
-        found[name] = [(path, read_json(path)) for path in files]
-    return found
+    """`viral analyze` outputs below `root` (checkpoint folders not searched), in path order."""
+    files: dict[str, list[Path]] = {name: [] for name in ANALYSIS_FILES}
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith("checkpoint-")]
+        for kind, file_name in ANALYSIS_FILES.items():
+            if file_name in names:
+                files[kind].append(Path(folder) / file_name)
+    return {kind: [(path, read_json(path)) for path in sorted(paths)] for kind, paths in files.items()}
 
 
 def _read_questions(data_dir: Path | None) -> dict[str, dict[str, Any]]:
