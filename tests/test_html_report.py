@@ -110,7 +110,8 @@ def study(tmp_path_factory, shapes_dir):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install -e '.[dev]')")
     if not CHROMIUM.is_file():
         pytest.skip(f"no browser: {CHROMIUM} is missing and scripts/setup-venv.sh could not install Debian's "
                     "chromium (it needs apt-get and root)")
@@ -197,7 +198,8 @@ def test_report_page_in_a_headless_browser(study, browser):
         assert first_image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == list(original.size)
 
     page.select_option("#outcome-filter", "viral-only")
-    wanted = [(str(seed), question_id) for seed in SEEDS for question_id, b in predictions[(str(seed), "baseline")].items()
+    wanted = [(str(seed), question_id) for seed in SEEDS
+              for question_id, b in predictions[(str(seed), "baseline")].items()
               if not b["correct"] and predictions[(str(seed), "viral")][question_id]["correct"]]
     assert 0 < len(wanted) < total and visible.count() == len(wanted)
     assert page.inner_text("#shown-count") == str(len(wanted))
@@ -221,12 +223,16 @@ def test_report_page_in_a_headless_browser(study, browser):
     page.close()
 
 
-def test_the_page_is_self_contained_and_caps_the_browser(study, tmp_path):
+def test_the_page_is_self_contained_and_caps_the_browser(study, tmp_path, capsys):
+    from viral.cli import main
+
     out, summary, path = study
     html = path.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # no network resource: data: URIs only
     assert html.count('<tr data-seed="') == sum(run["baseline"]["questions"] for run in summary["runs"].values())
-    capped = write_html_report(out, tmp_path / "capped.html", max_questions=5).read_text()
+    assert main(["report", str(out), "--out", str(tmp_path / "capped.html"), "--max-questions", "5"]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {tmp_path / 'capped.html'}"
+    capped = (tmp_path / "capped.html").read_text()
     assert capped.count('<tr data-seed="') == 5 * len(SEEDS) and "first 5 of" in capped
 
 

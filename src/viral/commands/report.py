@@ -18,7 +18,8 @@ def register(subparsers) -> None:
 
     parser = subparsers.add_parser("report", help="one self-contained HTML page of a study or run folder",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", metavar="RUN_OR_STUDY_DIR", help="a `viral study`/`viral demo` or `viral train` folder")
+    parser.add_argument("folder", metavar="RUN_OR_STUDY_DIR",
+                        help="a `viral study`/`viral demo` or `viral train` folder")
     parser.add_argument("--out", default=None, help="the HTML file to write (default RUN_OR_STUDY_DIR/report.html)")
     parser.add_argument("--max-questions", type=int, default=DEFAULT_MAX_QUESTIONS,
                         help=f"questions per seed in the browser, the benchmark's first ones "

@@ -119,7 +119,8 @@ def curve_figure(runs: list[RunData], types: list[str], chance: dict[str, float]
     for index, name in enumerate(types):
         axis = axes[index // columns][index % columns]
         for run in with_curve:
-            points = [(int(row["step"]), float(row["scores"][name])) for row in run.curve if name in row.get("scores", {})]
+            points = [(int(row["step"]), float(row["scores"][name])) for row in run.curve
+                      if name in row.get("scores", {})]
             axis.plot([s for s, _ in points], [v for _, v in points], ARM_STYLES[_arm(run)], marker="o", markersize=3,
                       color=f"C{seeds.index(run.seed) % 10}", label=_run_label(run))
         if name in chance:

@@ -45,7 +45,8 @@ def _study_section(summary: dict[str, Any]) -> dict[str, Any]:
         mcnemar = summary.get("mcnemar_per_seed", {}).get(seed, {}).get("accuracy", {})
         for arm in ARMS:
             run = runs.get(arm, {})
-            per_seed.append({"seed": seed, "arm": ARM_LABELS[arm], "scores": [run.get("scores", {}).get(t) for t in types],
+            per_seed.append({"seed": seed, "arm": ARM_LABELS[arm],
+                             "scores": [run.get("scores", {}).get(t) for t in types],
                              "mcnemar": format_p(mcnemar.get("p_value")) if arm == "viral" else "",
                              "train_seconds": run.get("train_seconds")})
     learnable = summary.get("above_chance") or {}

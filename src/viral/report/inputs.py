@@ -116,7 +116,8 @@ def read_inputs(root: str | Path) -> ReportInputs:
         run = read_run(root)
         if not (run.metrics or run.eval_summary or run.predictions or any(analyses.values())):
             raise DataError(f"{root}: neither a study folder ({STUDY_FILE}) nor a run folder ({METRICS_NAME}, "
-                            f"{EVAL_DIR}/{EVAL_FILE}) nor `viral analyze` output ({', '.join(ANALYSIS_FILES.values())})")
+                            f"{EVAL_DIR}/{EVAL_FILE}) nor `viral analyze` output "
+                            f"({', '.join(ANALYSIS_FILES.values())})")
         summary, runs, kind = None, [run], "run"
         recorded = (run.eval_summary or {}).get("data")
         data = Path(recorded) if recorded else None
