@@ -17,4 +17,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# The HTML report's browser test drives Debian's chromium with Playwright (whose own browser download is not
+# used). Best effort: without apt-get or root the test skips and says why.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+    || echo "setup-venv: could not install chromium with apt-get; the HTML report's browser test will skip" >&2
+fi
 touch .venv/.installed

@@ -222,3 +222,11 @@ def test_analyze_commands_write_json_and_png(tmp_path, tiny_llava_path, data_fil
                  "attention/attention_maps.npy", "att_ds/attention_entropy.png", "att_ds/attention_entropy.json",
                  "pca/pca.png", "pca/pca.json", "shuffle/shuffle.png"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+    # `viral report` reads these very files: the CKNNA and attention-entropy sections with their numbers
+    from viral.report.html import build_context
+    from viral.report.inputs import read_inputs
+
+    analyses = build_context(read_inputs(tmp_path))["analyses"]
+    assert [section["kind"] for section in analyses] == ["cknna", "attention"]
+    assert analyses[0]["rows"][0]["values"] == curve and analyses[0]["figure"].startswith("data:image/png;base64,")

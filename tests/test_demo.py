@@ -1,5 +1,7 @@
 """`viral demo` prints the side-by-side table, the premise verdict, the chance warning and every path it wrote."""
 
+import json
+
 import viral.demo
 from study_fixtures import fake_summary
 from viral.cli import main
@@ -13,6 +15,7 @@ def test_demo_prints_one_seed_side_by_side_with_its_paths(tmp_path, monkeypatch,
         calls.append(settings)
         summary = fake_summary(tmp_path, seeds=settings.seeds)
         summary["outputs"] = write_report(tmp_path, summary)
+        (tmp_path / "study.json").write_text(json.dumps(summary))  # as run_study writes it
         return summary
 
     monkeypatch.setattr(viral.demo, "run_study", fake_run_study)
@@ -27,5 +30,5 @@ def test_demo_prints_one_seed_side_by_side_with_its_paths(tmp_path, monkeypatch,
     assert "holds for count" in printed and "does not hold for position" in printed
     assert "not clearly above chance in both arms: existence, relation" in printed
     for path in (tmp_path / "seed-3" / "baseline", tmp_path / "seed-3" / "viral", tmp_path / "study.png",
-                 tmp_path / "study.md", tmp_path / "encoders"):
+                 tmp_path / "study.md", tmp_path / "encoders", tmp_path / "report.html"):
         assert str(path) in printed

@@ -121,6 +121,15 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
         assert set(written["mcnemar_per_seed"]["0"][name]) >= {"p_value", "questions"}
     assert summary["outputs"]["plot"].endswith("study.png")
 
+    # `viral report` on the trained study: its table, training curves and every (seed, question) in the browser
+    from viral.report import write_html_report
+
+    html = write_html_report(out).read_text()
+    assert all(f'id="{section}"' in html for section in ("study-table", "losses", "curves", "question-table"))
+    questions = sum(len((Path(written["runs"][s]["baseline"]["dir"]) / "eval" / "predictions.jsonl").read_text()
+                        .splitlines()) for s in ("0", "1"))
+    assert html.count('<tr data-seed="') == questions and 'data-image="i0"' in html
+
     # same data order in both arms: their trainers draw the same first batches
     configs = stage_configs(settings, 0, data, encoders, out / "seed-0")
     orders = []

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "viral.commands.demo",
     "viral.commands.study",
     "viral.commands.analyze",
+    "viral.commands.report",
     "viral.commands.sweep",
 ]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 import sys
 
+from viral.report import write_html_report
 from viral.study.pipeline import ARMS, QUESTION_TYPES, run_study
 from viral.study.report import format_p, format_table, premise_sentence
 
@@ -69,4 +70,5 @@ def run_demo(args) -> dict:
     print(f"stage-0 encoders: {summary['encoders']['dir']}\ndata: {summary['data']}")
     for name, path in summary["outputs"].items():
         print(f"{name}: {path}")
+    print(f"report: {write_html_report(args.out)}")  # one HTML page: tables, curves, question browser
     return summary

@@ -90,6 +90,7 @@ def run(args) -> int:
     import shlex
     import sys
 
+    from viral.report import write_html_report
     from viral.study.pipeline import run_study
     from viral.study.report import MAIN_HEADER, comparison_rows, format_table
 
@@ -103,4 +104,5 @@ def run(args) -> int:
     print(f"\nwall time {summary['seconds']['total'] / 60:.1f} min")
     for name, path in summary["outputs"].items():
         print(f"{name}: {path}")
+    print(f"report: {write_html_report(args.out)}")
     return 0
