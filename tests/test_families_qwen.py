@@ -155,3 +155,23 @@ def test_unsupported_alignment_settings_are_refused_before_loading(tiny_qwen, tm
     data = write_colour_data(tmp_path / "data", n=3)
     with pytest.raises(ConfigError, match=message):
         preflight(train_config(tmp_path / "run", path, data, "dinov2-vit-b", *extra))
+
+
+def test_qwen25_vl_7b_config_names_the_checkpoint_layer_and_launch_command():
+    path = Path(__file__).parent.parent / "configs" / "qwen2.5-vl-7b-viral.yaml"
+    config = load_config(path)
+    assert (config.model.preset, config.model.model_path) == ("qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct")
+    assert config.align.target_layers == [16] and config.align.vra_loss and config.train.bf16
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    command = next(line for line in header if "torchrun" in line)
+    assert "-m viral.cli train configs/qwen2.5-vl-7b-viral.yaml" in command
+    assert any("train.deepspeed=configs/deepspeed-zero2.json" in line for line in header)
+    assert (path.parent / "deepspeed-zero2.json").is_file()
+
+
+def test_a_llava_onevision_checkpoint_is_refused_with_the_reason(tmp_path):
+    from viral.model import load_llava
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava_onevision"}))
+    with pytest.raises(ConfigError, match="'llava_onevision'.*LLaVA-OneVision"):
+        load_llava(tmp_path)

@@ -48,7 +48,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from viral.config import ConfigError, ModelConfig
 from viral.data.templates import IMAGE_TOKEN, get_template
-from viral.families import FAMILIES, family_of_checkpoint, get_family
+from viral.families import FAMILIES, checkpoint_model_type, get_family
 
 SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "</s>", IMAGE_TOKEN]
 TEMPLATE_WORDS = "USER: ASSISTANT: A chat between a curious human and an artificial intelligence assistant ."
@@ -235,9 +235,12 @@ def compose(cfg: ModelConfig, dtype=torch.float32) -> tuple[LlavaForConditionalG
 def load_llava(path: str | Path, dtype=torch.float32, attn_implementation: str | None = None):
     """A llava-hf checkpoint and its processor, through the same `from_pretrained` path as a hub id
     (a checkpoint of another family in `viral.families` loads through its family)."""
-    family = family_of_checkpoint(path)
-    if family is not None:
-        return family.load(path, dtype=dtype, attn_implementation=attn_implementation)
+    model_type = checkpoint_model_type(path)
+    if model_type in FAMILIES:
+        return get_family(model_type).load(path, dtype=dtype, attn_implementation=attn_implementation)
+    if model_type not in (None, "llava"):
+        raise ConfigError(f"{path} holds a {model_type!r} model; viral trains and loads 'llava' and "
+                          f"{sorted(FAMILIES)} models (LLaVA-OneVision: see the README's model families)")
     kwargs = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

@@ -42,16 +42,21 @@ def family_of_model(model):
     return get_family(model_type) if model_type in FAMILIES else None
 
 
-def family_of_checkpoint(path: str | Path):
-    """The family of a checkpoint folder or hub id, from its `config.json`'s model_type; None for LLaVA."""
+def checkpoint_model_type(path: str | Path) -> str | None:
+    """A checkpoint folder's or hub id's `config.json` model_type; None when it cannot be read (the loader then
+    raises its own error about the path)."""
     config_file = Path(path) / "config.json"
     if config_file.is_file():
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    else:
-        from transformers import AutoConfig
+        return json.loads(config_file.read_text()).get("model_type")
+    from transformers import AutoConfig
 
-        try:
-            model_type = AutoConfig.from_pretrained(str(path)).model_type
-        except (OSError, ValueError):
-            return None  # let the LLaVA loader raise its own error about the path
+    try:
+        return AutoConfig.from_pretrained(str(path)).model_type
+    except (OSError, ValueError):
+        return None
+
+
+def family_of_checkpoint(path: str | Path):
+    """The family of a checkpoint folder or hub id; None for LLaVA (or an unreadable path)."""
+    model_type = checkpoint_model_type(path)
     return get_family(model_type) if model_type in FAMILIES else None
