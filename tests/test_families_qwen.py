@@ -175,3 +175,12 @@ def test_a_llava_onevision_checkpoint_is_refused_with_the_reason(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava_onevision"}))
     with pytest.raises(ConfigError, match="'llava_onevision'.*LLaVA-OneVision"):
         load_llava(tmp_path)
+
+
+def test_the_pixel_budget_sets_the_image_token_grid(tiny_qwen):
+    name, path = tiny_qwen
+    image = Image.new("RGB", (64, 64), "red")
+    _, processor = get_family(name).load(path, max_pixels=32 * 32)
+    assert processor.image_processor(images=image, return_tensors="pt")["image_grid_thw"].tolist() == [[1, 4, 4]]
+    _, processor = get_family(name).load(path)  # the saved budget: 64 x 64 pixels
+    assert processor.image_processor(images=image, return_tensors="pt")["image_grid_thw"].tolist() == [[1, 8, 8]]

@@ -115,10 +115,9 @@ def load_processor(path: str | os.PathLike, min_pixels: int | None = None, max_p
         processor = AutoProcessor.from_pretrained(str(path))
     else:
         processor = QwenVLProcessor.from_pretrained(path)
-    if size:
-        current = dict(processor.image_processor.size)
-        processor.image_processor.size = type(processor.image_processor.size)(**{**current, **size}) \
-            if not isinstance(processor.image_processor.size, dict) else {**current, **size}
+    if size:  # the processor's `size` (a SizeDict) holds the budget as shortest_edge / longest_edge, in pixels
+        image_processor = processor.image_processor
+        image_processor.size = type(image_processor.size)(**{**dict(image_processor.size), **size})
     return processor
 
 
