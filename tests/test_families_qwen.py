@@ -129,6 +129,8 @@ def test_exported_checkpoint_loads_with_plain_transformers(trained_qwen):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == FAMILIES[name]
     assert (run / "alignment_head.safetensors").is_file()
+    processor_class = json.loads((run / "processor_config.json").read_text())["processor_class"]
+    assert processor_class == {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}[name]
 
 
 def test_viral_eval_runs_on_the_exported_checkpoint(trained_qwen, tmp_path, capsys):
@@ -184,3 +186,25 @@ def test_the_pixel_budget_sets_the_image_token_grid(tiny_qwen):
     assert processor.image_processor(images=image, return_tensors="pt")["image_grid_thw"].tolist() == [[1, 4, 4]]
     _, processor = get_family(name).load(path)  # the saved budget: 64 x 64 pixels
     assert processor.image_processor(images=image, return_tensors="pt")["image_grid_thw"].tolist() == [[1, 8, 8]]
+
+
+def test_lora_the_merger_and_the_alignment_head_train_the_rest_of_the_tower_is_frozen(tiny_qwen, tiny_dinov2_path,
+                                                                                        tmp_path):
+    from viral.train import build_trainer
+
+    _, path = tiny_qwen
+    data = write_colour_data(tmp_path / "data", n=6)
+    trainer, parts = build_trainer(train_config(tmp_path / "run", path, data, tiny_dinov2_path,
+                                                "train.projector_lr=1e-5"))
+    model = parts["llava"]
+    trainable = {name for name, p in parts["mllm"].named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name or ".visual.merger." in name for name in trainable)
+    assert all("language_model" in name for name in trainable if "lora_" in name)
+    assert all(p.requires_grad for p in model.model.visual.merger.parameters())
+    tower = [p for name, p in model.model.visual.named_parameters() if not name.startswith("merger.")]
+    assert tower and not any(p.requires_grad for p in tower)
+    trainer.create_optimizer()
+    merger = {id(p) for p in model.model.visual.merger.parameters()}
+    lrs = {group["lr"] for group in trainer.optimizer.param_groups if any(id(p) in merger for p in group["params"])}
+    assert lrs == {1e-5}
+    assert all(p.requires_grad for p in parts["head"].parameters())

@@ -35,7 +35,7 @@ class ModelConfig:
     # `compose` builds from `llm` + `vision_tower` + `projector_type`; `qwen2_vl` | `qwen2_5_vl` load a
     # Qwen2-VL / Qwen2.5-VL checkpoint from `model_path` (viral.families).
     preset: str = "tiny"
-    model_path: str | None = None  # checkpoint (presets llava, qwen2_vl, qwen2_5_vl) or a folder written by `viral train`
+    model_path: str | None = None  # checkpoint (llava, qwen2_vl, qwen2_5_vl) or a folder written by `viral train`
     llm: str | None = None  # hub id or path of a causal LM (preset: compose)
     vision_tower: str | None = None  # hub id or path of a CLIP/SigLIP vision model (preset: compose)
     # tiny preset: a folder with a trained CLIP vision model + its image processor to use as the vision

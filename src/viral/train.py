@@ -88,9 +88,10 @@ class ViralTrainingModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, teacher_features=None,
                 num_items_in_batch=None, num_images_in_batch=None, **image_inputs) -> dict[str, torch.Tensor]:
-        """Loss terms (`image_inputs`: what a family's model reads beside pixel_values, e.g. image_grid_thw). With `num_items_in_batch` (supervised tokens) and `num_images_in_batch` (image samples)
+        """Loss terms. With `num_items_in_batch` (supervised tokens) and `num_images_in_batch` (image samples)
         counted over the whole optimizer step (all accumulation steps and ranks), the returned `loss` is this
-        micro-batch's share of the exact step mean; without them, micro-batch means."""
+        micro-batch's share of the exact step mean; without them, micro-batch means. `image_inputs`: what a
+        model family reads beside pixel_values (Qwen-VL: image_grid_thw, mm_token_type_ids)."""
         lm_kwargs = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
         image_mask = input_ids == self.image_token_id  # [B, T]
         if self.capture is not None:

@@ -50,10 +50,12 @@ QWEN_SPECIAL_TOKENS = ["<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
 class QwenVLProcessor:
     """Image-and-text processing of `Qwen2VLProcessor` for machines without torchvision (see module doc)."""
 
-    def __init__(self, image_processor, tokenizer, chat_template: str | None = None):
+    def __init__(self, image_processor, tokenizer, chat_template: str | None = None,
+                 processor_class: str = "Qwen2VLProcessor"):
         self.image_processor = image_processor
         self.tokenizer = tokenizer
         self.chat_template = chat_template
+        self.processor_class = processor_class  # the transformers processor AutoProcessor builds from the folder
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
 
@@ -83,7 +85,7 @@ class QwenVLProcessor:
         self.image_processor.save_pretrained(out)
         if self.chat_template:
             (out / "chat_template.jinja").write_text(self.chat_template)
-        (out / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}, indent=2))
+        (out / "processor_config.json").write_text(json.dumps({"processor_class": self.processor_class}, indent=2))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **image_kwargs) -> "QwenVLProcessor":
@@ -97,7 +99,10 @@ class QwenVLProcessor:
             template = (folder / "chat_template.jinja").read_text()
         elif (folder / "chat_template.json").is_file():
             template = json.loads((folder / "chat_template.json").read_text()).get("chat_template")
-        return cls(image_processor, tokenizer, template or getattr(tokenizer, "chat_template", None))
+        config_file = folder / "processor_config.json"
+        processor_class = (json.loads(config_file.read_text()).get("processor_class") if config_file.is_file()
+                           else None) or "Qwen2VLProcessor"
+        return cls(image_processor, tokenizer, template or getattr(tokenizer, "chat_template", None), processor_class)
 
 
 def load_processor(path: str | os.PathLike, min_pixels: int | None = None, max_pixels: int | None = None):
@@ -185,8 +190,8 @@ class QwenVLFamily:
 
     name: str
     model_class_name: str
+    processor_class_name: str
     vision_width_key: str  # the vision tower's width in its config: embed_dim (Qwen2-VL), hidden_size (2.5)
-    projector_key: str = "visual.merger"  # parameter-name fragment of the vision projector
     ragged_image_tokens: bool = True  # a different number of image tokens per sample
 
     # --- loading and building -------------------------------------------------------------------
@@ -249,7 +254,8 @@ class QwenVLFamily:
             patch_size=cfg.patch_size, merge_size=2, temporal_patch_size=2,
             min_pixels=cfg.min_pixels or factor * factor, max_pixels=cfg.max_pixels or cfg.image_size ** 2)
         model.save_pretrained(out_dir)
-        QwenVLProcessor(image_processor, tokenizer, get_template("tiny")).save_pretrained(out_dir)
+        processor = QwenVLProcessor(image_processor, tokenizer, get_template("tiny"), self.processor_class_name)
+        processor.save_pretrained(out_dir)
         return out_dir
 
     def build_model(self, cfg: ModelConfig, dtype=torch.float32):
@@ -317,5 +323,5 @@ class QwenVLFamily:
         return PerImageGridTeacher(build_teacher(spec, (1, 1)))
 
 
-QWEN2_VL = QwenVLFamily("qwen2_vl", "Qwen2VLForConditionalGeneration", "embed_dim")
-QWEN2_5_VL = QwenVLFamily("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "hidden_size")
+QWEN2_VL = QwenVLFamily("qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "embed_dim")
+QWEN2_5_VL = QwenVLFamily("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", "hidden_size")
