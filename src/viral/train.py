@@ -13,6 +13,9 @@
 - `train(config)` builds everything from an `ExperimentConfig`, trains, and exports a plain
   llava-hf checkpoint (LoRA merged) with its processor, `alignment_head.safetensors`,
   `viral_config.yaml` and `metrics.jsonl` in `config.output_dir`.
+- Other model families (`viral.families`: Qwen2-VL, Qwen2.5-VL) supply their image inputs, collator,
+  vision projector and a teacher resampled to each image's own grid; their image-token states are
+  captured packed (`[sum N_i, D]`) and the loss is averaged per sample, then over samples.
 """
 
 from __future__ import annotations

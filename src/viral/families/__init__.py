@@ -54,9 +54,3 @@ def checkpoint_model_type(path: str | Path) -> str | None:
         return AutoConfig.from_pretrained(str(path)).model_type
     except (OSError, ValueError):
         return None
-
-
-def family_of_checkpoint(path: str | Path):
-    """The family of a checkpoint folder or hub id; None for LLaVA (or an unreadable path)."""
-    model_type = checkpoint_model_type(path)
-    return get_family(model_type) if model_type in FAMILIES else None
