@@ -20,7 +20,7 @@ def test_dotted_and_bare_overrides(tmp_path):
     ("align.no_such_key=1", "unknown key"),
     ("train.max_steps=abc", "must be an integer"),
     ("align.alignment_loss=l2", "cosine"),
-    ("model.preset=huge", "tiny, llava or compose"),
+    ("model.preset=huge", "tiny, llava, compose, qwen2_vl, qwen2_5_vl"),
     ("nonsense=1", "not a known field"),
 ])
 def test_bad_config_values_say_what_to_change(override, message):

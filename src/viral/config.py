@@ -32,9 +32,10 @@ class ModelConfig:
     """Which MLLM to build or load."""
 
     # `tiny` builds every part locally; `llava` loads an existing llava-hf checkpoint from `model_path`;
-    # `compose` builds from `llm` + `vision_tower` + `projector_type`.
+    # `compose` builds from `llm` + `vision_tower` + `projector_type`; `qwen2_vl` | `qwen2_5_vl` load a
+    # Qwen2-VL / Qwen2.5-VL checkpoint from `model_path` (viral.families).
     preset: str = "tiny"
-    model_path: str | None = None  # llava-hf checkpoint (preset: llava) or a folder written by `viral train`
+    model_path: str | None = None  # checkpoint (llava, qwen2_vl, qwen2_5_vl) or a folder written by `viral train`
     llm: str | None = None  # hub id or path of a causal LM (preset: compose)
     vision_tower: str | None = None  # hub id or path of a CLIP/SigLIP vision model (preset: compose)
     # tiny preset: a folder with a trained CLIP vision model + its image processor to use as the vision
@@ -51,6 +52,8 @@ class ModelConfig:
     vision_hidden_size: int = 64  # tiny preset only
     vision_layers: int = 4  # tiny preset only
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    min_pixels: int | None = None  # qwen2_vl / qwen2_5_vl: pixel budget of an image (None: the processor's own)
+    max_pixels: int | None = None
     seed: int = 0  # initialisation seed of the tiny preset
     # How the image reaches the LLM: `llava` (projected image tokens in the input) or `vlora`
     # (per-sample low-rank weights of the LLM, arXiv 2405.20339; see viral.vlora). vlora_* fields: vlora only.
@@ -311,10 +314,11 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>", base_dir: Pa
 
 def validate(config: ExperimentConfig) -> ExperimentConfig:
     """Checks that need no model: choices and combinations."""
-    if config.model.preset not in ("tiny", "llava", "compose"):
-        raise ConfigError(f"model.preset is {config.model.preset!r}; choose tiny, llava or compose")
-    if config.model.preset == "llava" and not config.model.model_path:
-        raise ConfigError("model.preset is 'llava' but model.model_path is not set")
+    presets = ("tiny", "llava", "compose", "qwen2_vl", "qwen2_5_vl")
+    if config.model.preset not in presets:
+        raise ConfigError(f"model.preset is {config.model.preset!r}; choose one of {', '.join(presets)}")
+    if config.model.preset in ("llava", "qwen2_vl", "qwen2_5_vl") and not config.model.model_path:
+        raise ConfigError(f"model.preset is {config.model.preset!r} but model.model_path is not set")
     if config.model.preset == "compose" and not (config.model.llm and config.model.vision_tower):
         raise ConfigError("model.preset is 'compose': set both model.llm and model.vision_tower")
     if config.model.projector_type not in ("mlp2x_gelu", "linear"):
@@ -322,6 +326,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     if config.model.connector not in ("llava", "vlora"):
         raise ConfigError(f"model.connector is {config.model.connector!r}; choose llava or vlora")
     if config.model.connector == "vlora":
+        if config.model.preset in ("qwen2_vl", "qwen2_5_vl"):
+            raise ConfigError(f"model.connector 'vlora' builds on LLaVA; model.preset {config.model.preset!r} "
+                              f"needs model.connector=llava")
         if config.align.vra_loss:
             raise ConfigError("align.vra_loss needs image tokens in the LLM; model.connector 'vlora' has none: "
                               "set align.vra_loss=false or model.connector=llava")

@@ -11,7 +11,10 @@ Three ways, chosen by `ModelConfig.preset`:
   `model.vision_tower_path` the vision tower and image processor come from that folder (a trained
   CLIP vision model, e.g. the ShapesWorld study's stage-0 student) instead of a random tower.
 
-Whatever the preset, the result is a plain llava-hf model: `LlavaForConditionalGeneration.from_pretrained`
+Presets `qwen2_vl` and `qwen2_5_vl` (and loading any checkpoint of those families) are dispatched to
+`viral.families`.
+
+Whatever the LLaVA preset, the result is a plain llava-hf model: `LlavaForConditionalGeneration.from_pretrained`
 loads what `save_pretrained` wrote without importing viral.
 
 The `linear` projector is stored in llava-hf's two-layer projector with an identity activation and
@@ -45,6 +48,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from viral.config import ConfigError, ModelConfig
 from viral.data.templates import IMAGE_TOKEN, get_template
+from viral.families import FAMILIES, checkpoint_model_type, get_family
 
 SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "</s>", IMAGE_TOKEN]
 TEMPLATE_WORDS = "USER: ASSISTANT: A chat between a curious human and an artificial intelligence assistant ."
@@ -229,7 +233,14 @@ def compose(cfg: ModelConfig, dtype=torch.float32) -> tuple[LlavaForConditionalG
 
 
 def load_llava(path: str | Path, dtype=torch.float32, attn_implementation: str | None = None):
-    """A llava-hf checkpoint and its processor, through the same `from_pretrained` path as a hub id."""
+    """A llava-hf checkpoint and its processor, through the same `from_pretrained` path as a hub id
+    (a checkpoint of another family in `viral.families` loads through its family)."""
+    model_type = checkpoint_model_type(path)
+    if model_type in FAMILIES:
+        return get_family(model_type).load(path, dtype=dtype, attn_implementation=attn_implementation)
+    if model_type not in (None, "llava"):
+        raise ConfigError(f"{path} holds a {model_type!r} model; viral trains and loads 'llava' and "
+                          f"{sorted(FAMILIES)} models (LLaVA-OneVision: see the README's model families)")
     kwargs = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -259,6 +270,8 @@ def model_dimensions(cfg: ModelConfig) -> tuple[int, int]:
     """(LLM layers, vision hidden size) from configs alone, without loading any weights."""
     if cfg.preset == "tiny":
         return cfg.num_layers, cfg.vision_hidden_size
+    if cfg.preset in FAMILIES:
+        return get_family(cfg.preset).dimensions(cfg)
     try:
         if cfg.preset == "llava":
             config = AutoConfig.from_pretrained(cfg.model_path)
@@ -273,6 +286,8 @@ def model_dimensions(cfg: ModelConfig) -> tuple[int, int]:
 
 def build_model(cfg: ModelConfig, output_dir: str | Path, data_path: str | None = None, dtype=torch.float32):
     """Build or load the MLLM for training as `cfg` says; returns (model, processor)."""
+    if cfg.preset in FAMILIES:
+        return get_family(cfg.preset).build_model(cfg, dtype=dtype)
     if cfg.preset == "llava":
         return load_llava(cfg.model_path, dtype=dtype, attn_implementation=cfg.attn_implementation)
     if cfg.preset == "compose":

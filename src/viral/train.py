@@ -13,6 +13,9 @@
 - `train(config)` builds everything from an `ExperimentConfig`, trains, and exports a plain
   llava-hf checkpoint (LoRA merged) with its processor, `alignment_head.safetensors`,
   `viral_config.yaml` and `metrics.jsonl` in `config.output_dir`.
+- Other model families (`viral.families`: Qwen2-VL, Qwen2.5-VL) supply their image inputs, collator,
+  vision projector and a teacher resampled to each image's own grid; their image-token states are
+  captured packed (`[sum N_i, D]`) and the loss is averaged per sample, then over samples.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from viral.align.cache import TeacherCache, open_training_cache
 from viral.align.capture import LayerCapture
-from viral.align.losses import get_alignment_loss
+from viral.align.losses import get_alignment_loss, packed_alignment_loss
 from viral.align.projector import AlignmentHead
 from viral.align.residual import attach_residual
 from viral.align.teachers import Teacher, build_teacher, teacher_feature_dim
 from viral.config import ConfigError, ExperimentConfig
 from viral.data.llava import LlavaCollator, LlavaDataset
 from viral.data.templates import resolve_template
+from viral.families import FAMILIES, family_of_model, get_family
 from viral.model import build_model, image_grid, model_dimensions, num_image_tokens
 from viral.resilience import (
     NonFiniteGuard,
@@ -52,7 +56,7 @@ logger = logging.getLogger(__name__)
 ALIGNMENT_HEAD_NAME = "alignment_head.safetensors"
 METRICS_NAME = "metrics.jsonl"
 RUN_CONFIG_NAME = "viral_config.yaml"
-PROJECTOR_KEY = "multi_modal_projector"
+PROJECTOR_KEYS = ("multi_modal_projector", "visual.merger")  # the vision projector's name: LLaVA, Qwen-VL
 
 
 class ViralTrainingModel(nn.Module):
@@ -70,9 +74,11 @@ class ViralTrainingModel(nn.Module):
         self.vra_weight = float(vra_weight)
         self.image_token_id = int(llava.config.image_token_id)
         self.loss_fn = get_alignment_loss(alignment_loss)
-        self.capture = LayerCapture(llava, alignment_head.target_layers) if alignment_head is not None else None
+        family = family_of_model(llava)  # None: LLaVA
+        ragged = bool(family is not None and family.ragged_image_tokens)  # a different token count per image
+        self.capture = LayerCapture(llava, alignment_head.target_layers, ragged) if alignment_head is not None else None
         self._encoder_features: torch.Tensor | None = None
-        if alignment_head is not None:
+        if alignment_head is not None and family is None:
             llava.model.multi_modal_projector.register_forward_pre_hook(self._keep_encoder_features)
 
     def count_images(self, batch: dict) -> int:
@@ -84,17 +90,18 @@ class ViralTrainingModel(nn.Module):
             self._encoder_features = args[0].detach()  # [B_img, N, D_v]: z, CLS dropped
 
     def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, teacher_features=None,
-                num_items_in_batch=None, num_images_in_batch=None) -> dict[str, torch.Tensor]:
+                num_items_in_batch=None, num_images_in_batch=None, **image_inputs) -> dict[str, torch.Tensor]:
         """Loss terms. With `num_items_in_batch` (supervised tokens) and `num_images_in_batch` (image samples)
         counted over the whole optimizer step (all accumulation steps and ranks), the returned `loss` is this
-        micro-batch's share of the exact step mean; without them, micro-batch means."""
+        micro-batch's share of the exact step mean; without them, micro-batch means. `image_inputs`: what a
+        model family reads beside pixel_values (Qwen-VL: image_grid_thw, mm_token_type_ids)."""
         lm_kwargs = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
         image_mask = input_ids == self.image_token_id  # [B, T]
         if self.capture is not None:
             self.capture.arm(image_mask)
         try:
             out = self.mllm(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                            pixel_values=pixel_values, **lm_kwargs)
+                            pixel_values=pixel_values, **image_inputs, **lm_kwargs)
         finally:
             states = self.capture.collect() if self.capture is not None else {}  # {layer: [B_img, N, D]}
             encoder_features, self._encoder_features = self._encoder_features, None
@@ -109,8 +116,13 @@ class ViralTrainingModel(nn.Module):
             # no image in this micro-batch: a zero that still touches the head (keeps DDP's reducer happy)
             loss_vra = sum(p.sum() for p in self.alignment_head.parameters()) * 0.0
         else:
-            projected = self.alignment_head(states)
-            losses = [self.loss_fn(projected[layer], targets.to(projected[layer].dtype)) for layer in projected]
+            projected = self.alignment_head(states)  # ragged: {layer: [sum N_i, z_dim]}, targets [sum N_i, z_dim]
+            if self.capture.ragged:
+                counts = image_mask.sum(dim=1)[image_mask.any(dim=1)].tolist()  # image tokens per image sample
+                losses = [packed_alignment_loss(self.loss_fn, projected[layer], targets.to(projected[layer].dtype),
+                                                counts) for layer in projected]
+            else:
+                losses = [self.loss_fn(projected[layer], targets.to(projected[layer].dtype)) for layer in projected]
             loss_vra = torch.stack(losses).mean()  # mean over this micro-batch's image samples and layers
         share = images / num_images_in_batch if num_images_in_batch else 1.0
         result["loss"] = out.loss + self.vra_weight * loss_vra * share
@@ -218,7 +230,8 @@ class ViralTrainer(Trainer):
         groups: dict[tuple[bool, bool], list] = {}
         for name, param in opt_model.named_parameters():
             if param.requires_grad:
-                groups.setdefault((PROJECTOR_KEY in name, name in decay), []).append(param)
+                is_projector = any(key in name for key in PROJECTOR_KEYS)
+                groups.setdefault((is_projector, name in decay), []).append(param)
         param_groups = []
         for (is_projector, decays), params in sorted(groups.items()):  # projector last: logged lr = LLM's
             group = {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
@@ -258,6 +271,7 @@ class ViralTrainer(Trainer):
 
 def configure_trainable(config: ExperimentConfig, llava: nn.Module) -> nn.Module:
     """Freeze per stage; wrap with LoRA (peft) when asked. Returns the model to train (peft or llava)."""
+    family = family_of_model(llava)  # None: LLaVA
     llava.requires_grad_(False)
     model: nn.Module = llava
     if config.train.stage == "finetune":
@@ -273,8 +287,10 @@ def configure_trainable(config: ExperimentConfig, llava: nn.Module) -> nn.Module
         else:
             llava.model.language_model.requires_grad_(True)
             llava.lm_head.requires_grad_(True)
-    llava.model.multi_modal_projector.requires_grad_(True)
-    llava.model.vision_tower.requires_grad_(False)
+    vision_tower = family.vision_tower(llava) if family else llava.model.vision_tower
+    projector = family.projector(llava) if family else llava.model.multi_modal_projector
+    vision_tower.requires_grad_(False)  # before the projector: Qwen-VL's projector sits inside its vision tower
+    projector.requires_grad_(True)
     return model
 
 
@@ -350,6 +366,8 @@ def preflight(config: ExperimentConfig) -> None:
         if not 1 <= config.align.target_layers[0] <= num_layers:
             raise ConfigError(f"align.target_layers {config.align.target_layers} out of range 1..{num_layers} "
                               f"for align.residual on this LLM ({num_layers} layers)")
+    if config.model.preset in FAMILIES:
+        get_family(config.model.preset).check_alignment(config)
     if not config.align.vra_loss:
         return
     num_layers, vision_hidden = model_dimensions(config.model)
@@ -373,11 +391,16 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     dtype = torch.bfloat16 if config.train.bf16 else torch.float32
     llava, processor = build_model(config.model, config.output_dir, data_path=config.data.path)
+    family = family_of_model(llava)  # None: LLaVA; else the family's own images, collator and teacher grids
+    if family is not None:
+        family.check_alignment(config)
     teacher = None
     cache = None
     head = None
     if config.align.vra_loss:
-        if config.align.teacher_cache:  # targets read from disk: no teacher in memory during training
+        if family is not None:  # targets resampled to each image's own grid
+            teacher = family.teacher(config.align.vra_target)
+        elif config.align.teacher_cache:  # targets read from disk: no teacher in memory during training
             cache = open_training_cache(config, image_grid(llava), processor.image_processor)
         else:
             teacher = build_teacher(config.align.vra_target, image_grid(llava),
@@ -410,8 +433,9 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
     dataset = LlavaDataset(
         config.data.path, processor, template, image_folder=config.data.image_folder,
         image_aspect=config.data.image_aspect, model_max_length=config.data.model_max_length,
-        num_image_tokens=num_image_tokens(llava), image_token_id=llava.config.image_token_id,
+        num_image_tokens=num_image_tokens(llava) if family is None else 0, image_token_id=llava.config.image_token_id,
         teacher_inputs=teacher_inputs, skip_bad_records=config.data.skip_bad_records,
+        image_inputs=family.image_inputs(processor) if family is not None else None,
     )
     if cache is not None:
         cache.check_covers(record["image"] for record in dataset.records if record.get("image") is not None)
@@ -421,7 +445,7 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
         model=model,
         args=training_arguments(config),
         train_dataset=dataset,
-        data_collator=LlavaCollator(processor.tokenizer.pad_token_id),
+        data_collator=family.collator(processor, llava) if family else LlavaCollator(processor.tokenizer.pad_token_id),
         callbacks=[MetricsJsonlCallback(metrics_path)],
         teacher=teacher,
         projector_lr=config.train.projector_lr,

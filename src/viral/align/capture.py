@@ -4,7 +4,8 @@ Layer numbering follows VIRAL's `target_layers` and transformers' `hidden_states
 LLM's input embeddings (after the image features are merged in), l in 1..L-1 is the output of decoder
 layer l, and L is the last layer's output after the final norm (transformers' last `hidden_states`).
 One image-token mask (`input_ids == image_token_id`) selects the states, the same mask that places
-the image features in the sequence.
+the image features in the sequence. With `ragged=True` (families whose images have different numbers of
+tokens, e.g. Qwen2-VL) the states of all samples are kept packed, `[sum N_i, D]` in sequence order.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ def language_model_parts(llava) -> tuple[nn.ModuleList, nn.Module]:
 
 
 class LayerCapture:
-    """Captures `[B_img, N, D]` image-token states at `layers` during a forward pass while armed."""
+    """Captures `[B_img, N, D]` (ragged: `[sum N_i, D]`) image-token states at `layers` while armed."""
 
-    def __init__(self, llava, layers: list[int]):
+    def __init__(self, llava, layers: list[int], ragged: bool = False):
         decoder_layers, norm = language_model_parts(llava)
+        self.ragged = ragged
         self.num_layers = len(decoder_layers)
         self.layers = [int(layer) for layer in layers]
         for layer in self.layers:
@@ -46,6 +48,9 @@ class LayerCapture:
         if self.mask is None or layer in self.states:
             return
         mask = self.mask.to(hidden.device)  # [B, T]
+        if self.ragged:
+            self.states[layer] = hidden[mask]  # [sum N_i, D]
+            return
         rows = mask.any(dim=1)
         counts = mask.sum(dim=1)[rows]
         if counts.numel() and bool((counts != counts[0]).any()):

@@ -67,6 +67,16 @@ def _check_relation(student: torch.Tensor, teacher: torch.Tensor) -> None:
         raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must be [B, N, *]")
 
 
+def packed_alignment_loss(loss_fn, student: torch.Tensor, teacher: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """`loss_fn` per sample on packed tokens (`[sum N_i, D]`, sample i holding `counts[i]` tokens), averaged over
+    samples: the same value as `loss_fn` on `[B, N, D]` when every N_i is N."""
+    if student.shape[0] != teacher.shape[0] or student.shape[0] != sum(counts):
+        raise ValueError(f"packed student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must both hold "
+                         f"{sum(counts)} tokens (per sample: {counts})")
+    losses = [loss_fn(s[None], t[None]) for s, t in zip(student.split(counts), teacher.split(counts))]
+    return torch.stack(losses).mean() if losses else student.sum() * 0.0
+
+
 ALIGNMENT_LOSSES = {"cosine": cosine_alignment_loss, "relation": relation_alignment_loss}
 
 

@@ -10,7 +10,8 @@ An image that cannot be read raises the same error when the record is loaded, or
 The conversation is rendered with a chat template piece by piece (prompt, answer, prompt, answer...),
 each piece tokenized separately so that labels mark exactly the assistant's answers. The single
 `<image>` token is then expanded to one token per image patch; truncation to `model_max_length`
-never cuts an image's tokens.
+never cuts an image's tokens. A model family whose images have their own token counts (Qwen2-VL) passes
+`image_inputs`: image -> (its model inputs, its number of image tokens).
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ class LlavaDataset(Dataset):
         image_token_id: int | None = None,
         teacher_inputs: Callable[[Any, str], dict[str, torch.Tensor]] | None = None,
         skip_bad_records: bool = False,
+        image_inputs: Callable[[Any], tuple[dict[str, torch.Tensor], int]] | None = None,
     ):
         self.path = Path(path)
         self.processor = processor
@@ -172,6 +174,7 @@ class LlavaDataset(Dataset):
             image_token_id if image_token_id is not None else self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         )
         self.teacher_inputs = teacher_inputs
+        self.image_inputs = image_inputs
         self.skip_bad_records = skip_bad_records
         self.records: list[dict] = []
         self.messages: list[list[dict]] = []
@@ -197,13 +200,13 @@ class LlavaDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _tokens(self, i: int) -> tuple[list[int], list[int]]:
+    def _tokens(self, i: int, num_image_tokens: int | None = None) -> tuple[list[int], list[int]]:
         index = self.indices[i]
         ids, labels = tokenize_conversation(self.tokenizer, self.template, self.messages[i])
         positions = [p for p, t in enumerate(ids) if t == self.image_token_id]
         if positions:  # expand the single <image> token to one token per patch
             p = positions[0]
-            n = self.num_image_tokens
+            n = self.num_image_tokens if num_image_tokens is None else num_image_tokens
             ids = ids[:p] + [self.image_token_id] * n + ids[p + 1:]
             labels = labels[:p] + [IGNORE_INDEX] * n + labels[p + 1:]
             if p + n > self.model_max_length:
@@ -219,12 +222,8 @@ class LlavaDataset(Dataset):
     def load(self, i: int) -> dict[str, Any]:
         """Item `i`, raising DataError when its image or text is unusable."""
         record, index = self.records[i], self.indices[i]
-        ids, labels = self._tokens(i)
-        item: dict[str, Any] = {
-            "input_ids": torch.tensor(ids, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "record_index": index,
-        }
+        item: dict[str, Any] = {"record_index": index}
+        num_image_tokens = None  # the fixed self.num_image_tokens unless image_inputs says otherwise
         if record.get("image") is not None:
             image_path = self.image_folder / record["image"]
             try:
@@ -232,10 +231,17 @@ class LlavaDataset(Dataset):
             except ImageLoadError as err:
                 raise DataError(self.path, index, "image", str(err)) from err
             image = apply_aspect(image, self.image_aspect, self.processor.image_processor)
-            pixels = self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"]
-            item["pixel_values"] = torch.as_tensor(pixels[0])  # [3, H, W]
+            if self.image_inputs is not None:
+                inputs, num_image_tokens = self.image_inputs(image)
+                item.update(inputs)
+            else:
+                pixels = self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"]
+                item["pixel_values"] = torch.as_tensor(pixels[0])  # [3, H, W]
             if self.teacher_inputs is not None:
                 item.update(self.teacher_inputs(image, record["image"]))
+        ids, labels = self._tokens(i, num_image_tokens)
+        item["input_ids"] = torch.tensor(ids, dtype=torch.long)
+        item["labels"] = torch.tensor(labels, dtype=torch.long)
         return item
 
     def __getitem__(self, i: int) -> dict[str, Any]:
