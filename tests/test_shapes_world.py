@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from viral.data.shapes import DEFAULT_TYPES, QUESTION_TYPES, draw_scene, generate
+from viral.data.shapes import DEFAULT_TYPES, QUESTION_TYPES, SHAPES, draw_scene, generate
 from viral.study.world import load_split
 
 
@@ -60,6 +60,9 @@ def test_benchmark_answers_match_the_label_maps(tmp_path):
             assert row["answer"] == str(len(objects))
         elif row["type"] == "colour":
             assert row["answer"] in {"red", "green", "blue", "yellow"}
+        elif row["type"] == "existence":
+            shape = row["question"].split("Is there a ")[1].split("?")[0]
+            assert row["answer"] == ("yes" if any(SHAPES[o.shape - 1] == shape for o in objects) else "no")
         checked[row["type"]] += 1
     assert all(checked[t] > 0 for t in ("count", "existence", "colour"))
 

@@ -15,9 +15,10 @@ TINY_ENCODERS = dict(hidden_size=32, num_layers=2, num_heads=4, patch_size=8, te
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory):
-    from viral.data.shapes import generate
+    from viral.data.shapes import QUESTION_TYPES, generate
 
-    return generate(tmp_path_factory.mktemp("world"), seed=0, n_train=24, n_eval=8, size=32, progress=False)
+    return generate(tmp_path_factory.mktemp("world"), seed=0, n_train=24, n_eval=8, size=32, progress=False,
+                    types=QUESTION_TYPES)
 
 
 @pytest.fixture(scope="module")

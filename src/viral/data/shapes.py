@@ -17,7 +17,7 @@ colours on varied backgrounds (flat colours, gradients, noise), and writes:
 
 Every image is drawn from its own random stream `(seed, split, index)`, so any subset regenerates
 identically. Question types: count ("How many objects are there?"), relation ("Is the red object left or
-right of the blue object?" -> "left"; also "above or below"), existence ("Is there a red circle?"), colour
+right of the blue object?" -> "left"; also "above or below"), existence ("Is there a circle?", as POPE), colour
 ("What colour is the triangle?"), position ("Is the red object in the left or the right half?" -> "left";
 also "top or bottom").
 """
@@ -157,11 +157,12 @@ def _relation_question(rng, objects, size=None):
 
 
 def _existence_question(rng, objects, size=None):
-    present = {o.name for o in objects}
-    absent = [f"{c} {s}" for c in COLOURS for s in SHAPES if f"{c} {s}" not in present]
+    # object existence as POPE asks it: one category (here a shape), yes or no. The colour-and-shape form
+    # ("Is there a red circle?") stayed at chance in both arms of the study for 800 steps
+    present = sorted({o.shape for o in objects})
+    absent = [s for s in SHAPES if s not in present]
     if rng.random() < 0.5 or not absent:
-        name = sorted(present)[int(rng.integers(len(present)))]
-        return f"Is there a {name}?", "yes"
+        return f"Is there a {present[int(rng.integers(len(present)))]}?", "yes"
     return f"Is there a {absent[int(rng.integers(len(absent)))]}?", "no"
 
 

@@ -36,7 +36,7 @@ from transformers import TrainerCallback
 
 from viral.config import ConfigError, config_from_dict, load_config
 from viral.data.shapes import TEXT_CORPUS
-from viral.study.encoders import STUDENT_DIR, TEACHER_DIR, EncoderSettings, train_encoders
+from viral.study.encoders import STUDENT_DIR, TEACHER_DIR, EncoderSettings, probe_encoders, train_encoders
 from viral.study.parallel import run_parallel
 
 logger = logging.getLogger(__name__)
@@ -58,20 +58,21 @@ class StudySettings:
     config: str = DEFAULT_CONFIG  # stage-2 config (VIRAL arm); stage 1 and the baseline derive from it
     overrides: list[str] = field(default_factory=list)  # --set overrides of the stage-2 config
     world_seed: int = 0
-    n_train: int = 16000  # training images
-    n_eval: int = 2800  # evaluation images: one question per type when it applies (>= 1000 per type)
+    n_train: int = 8000  # training images
+    n_eval: int = 1500  # evaluation images: one question per type when it applies
     image_size: int = 96
     turns: int = 6  # QA turns per training image
     max_objects: int = 3  # objects per image: 1..max_objects
-    question_types: list[str] | None = None  # None: ShapesWorld's DEFAULT_TYPES (count, relation, existence, colour)
+    # every type ShapesWorld asks (None: its DEFAULT_TYPES, without position)
+    question_types: list[str] | None = field(default_factory=lambda: list(QUESTION_TYPES))
     type_weights: dict[str, float] | None = None  # how often each type is drawn for a training turn (uniform)
-    language_steps: int = 300  # stage-0 steps of the LLM on the world's text (0: the LLM starts random at stage 1)
-    pretrain_steps: int = 200
+    language_steps: int = 200  # stage-0 steps of the LLM on the world's text (0: the LLM starts random at stage 1)
+    pretrain_steps: int = 150
     finetune_steps: int | None = None  # None: the config's train.max_steps
     eval_batch_size: int = 64
     eval_limit: int | None = None
     curve_every: int = 100  # stage-2 steps between evaluations on the first `curve_questions` questions (0: off)
-    curve_questions: int = 1000
+    curve_questions: int = 500
     jobs: int = 1  # processes running the two arms of a seed side by side (1 thread each when > 1)
 
 
@@ -283,6 +284,11 @@ def run_one(config_dict: dict[str, Any], evaluate_on: str | None = None, eval_ba
 FIRST_STAGES = ("language", "pretrain")
 
 
+def run_task(function, *args, threads: int | None = None):
+    """`function(*args, threads=threads)`: lets one `run_parallel` call run different kinds of work."""
+    return function(*args, threads=threads)
+
+
 def run_first_stages(stages: dict[str, dict[str, Any]], threads: int | None = None) -> dict[str, dict[str, Any]]:
     """A seed's stages before the arms split, `{name: config}` in order (language, then stage 1); their records."""
     return {name: run_one(config, threads=threads) for name, config in stages.items()}
@@ -359,8 +365,8 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
     data = ensure_world(Path(data_dir) if data_dir else out / "shapes", settings)
     stage_done("world")
     encoders = Path(encoders_dir) if encoders_dir else out / "encoders"
-    encoder_report = train_encoders(data, encoders, encoder_settings, jobs=settings.jobs)
-    stage_done("stage 0: encoders and probes")
+    train_encoders(data, encoders, encoder_settings, probes=False, jobs=settings.jobs)
+    stage_done("stage 0: encoders")
     configs = {seed: stage_configs(settings, seed, data, encoders, out / f"seed-{seed}") for seed in settings.seeds}
     # every seed's stage 1, then every (seed, arm) of stage 2, `jobs` at a time: the cores never wait
     # for a lone stage-1 run, and the two arms of a seed still start from the same stage-1 weights
@@ -371,10 +377,12 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
             config["train"]["disable_tqdm"] = True
     first_calls = [({stage: configs[seed][stage] for stage in FIRST_STAGES if stage in configs[seed]},)
                    for seed in settings.seeds]
-    with RunsProgress("language + stage 1" if settings.language_steps else "stage 1",
+    # the encoders' probes run beside the seeds' first stages (they need only the frozen encoders)
+    tasks = [(probe_encoders, str(encoders))] + [(run_first_stages, *call) for call in first_calls]
+    with RunsProgress("probes, language + stage 1" if settings.language_steps else "probes, stage 1",
                       [config for (stages,) in first_calls for config in stages.values()]):
-        first = run_parallel(run_first_stages, first_calls, settings.jobs)
-    stage_done("language and stage 1" if settings.language_steps else "stage 1")
+        encoder_report, *first = run_parallel(run_task, tasks, settings.jobs)
+    stage_done("probes and the LLM's first stages")
     logger.info("stage 2, arms %s, seeds %s", ", ".join(ARMS), settings.seeds)
     calls = [(configs[seed][arm], str(data), settings.eval_batch_size, settings.eval_limit, settings.curve_every,
               settings.curve_questions) for seed in settings.seeds for arm in ARMS]
