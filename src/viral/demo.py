@@ -1,10 +1,10 @@
-"""The built-in demo: one seed of the ShapesWorld study (`viral.study`), baseline versus VIRAL, side by side.
+"""The built-in demo: seed 0 of the ShapesWorld study (`viral.study`), baseline versus VIRAL, side by side.
 
-World and stage-0 encoders are reused when present, so a second `make demo` only retrains what changed.
-The demo is seed 0 of `viral study` with fewer stage-2 steps (DEMO_FINETUNE_STEPS: 150 instead of the
-config's 800), sized to finish in 15 minutes on two CPU cores from a fresh clone; world and encoders are the
-study's, so `viral study --data runs/demo/shapes --encoders runs/demo/encoders` reuses them. It draws the world,
-trains the two encoders and then the two arms side by side, in two processes of one thread each.
+The demo is exactly `viral study --seeds 1`: the same world, encoders, steps and config, so its folder is the
+study's seed 0 and `viral study --out runs/demo` adds the other seeds to it. World and stage-0 encoders are
+reused when present, so a second `make demo` only retrains what changed. Two processes of one thread work
+side by side (the two encoders; the probes beside the LLM's first stages; the two arms), one progress bar
+shows the runs, and the end prints the table and each stage's wall time.
 """
 
 from __future__ import annotations
@@ -16,14 +16,11 @@ from viral.report import write_html_report
 from viral.study.pipeline import ARMS, QUESTION_TYPES, run_study
 from viral.study.report import format_p, format_table, premise_sentence
 
-DEMO_FINETUNE_STEPS = 150
-
-
 def demo_defaults() -> dict:
-    """The study's settings with the demo's stage-2 steps and two side-by-side processes."""
+    """The study's settings, two side-by-side processes."""
     from viral.commands.study import default_jobs
 
-    return {"jobs": default_jobs(), "finetune_steps": DEMO_FINETUNE_STEPS}
+    return {"jobs": default_jobs()}
 
 
 def side_by_side(summary: dict) -> str:
@@ -42,8 +39,28 @@ def side_by_side(summary: dict) -> str:
     return format_table(["type", "chance", "baseline", "VIRAL", "difference", "McNemar p"], rows)
 
 
+def verdict(summary: dict, alpha: float = 0.05) -> str:
+    """What this seed says, from its own McNemar tests: where VIRAL is ahead or behind, where no difference shows."""
+    seed = str(summary["statistics"]["seeds"][0])
+    runs, mcnemar = summary["runs"][seed], summary["mcnemar_per_seed"][seed]
+    ahead, behind, same = [], [], []
+    for name in QUESTION_TYPES:
+        if name not in runs["baseline"]["scores"]:
+            continue
+        difference = runs["viral"]["scores"][name] - runs["baseline"]["scores"][name]
+        if difference and mcnemar[name]["p_value"] is not None and mcnemar[name]["p_value"] < alpha:
+            (ahead if difference > 0 else behind).append(f"{name} ({difference:+.1f})")
+        else:
+            same.append(name)
+    parts = [f"VIRAL ahead on {', '.join(ahead)}" if ahead else "VIRAL ahead on no type",
+             f"behind on {', '.join(behind)}" if behind else "",
+             f"no difference at p < {alpha} on {', '.join(same)}" if same else ""]
+    return "this seed (McNemar): " + "; ".join(part for part in parts if part) + \
+        ". One seed is a smoke test; the README's five-seed table is the result."
+
+
 def run_demo(args) -> dict:
-    """One seed of the study with the demo's step counts; prints the table and the paths it wrote."""
+    """One seed of the study; prints the table, the verdicts, each stage's time and the paths it wrote."""
     from viral.commands.study import settings_from_args
 
     settings, encoders = settings_from_args(args, [args.seed], demo_defaults())
@@ -51,6 +68,7 @@ def run_demo(args) -> dict:
     summary = run_study(args.out, settings, encoders, data_dir=args.data, encoders_dir=args.encoders, command=command)
     print("\nShapesBench accuracy (%), one seed: baseline vs VIRAL from the same weights and data order\n")
     print(side_by_side(summary))
+    print(verdict(summary))
     diagnostics = summary["encoders"].get("diagnostics") or {}
     print(f"\nteacher diagnostics: constant-target cosine {diagnostics.get('constant_target_cosine')}, "
           f"linear map from the student's patches {diagnostics.get('student_linear_map_cosine')}")

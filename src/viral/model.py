@@ -36,7 +36,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
     AutoTokenizer,
-    CLIPImageProcessor,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -52,6 +51,19 @@ from viral.families import FAMILIES, checkpoint_model_type, get_family
 
 SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "</s>", IMAGE_TOKEN]
 TEMPLATE_WORDS = "USER: ASSISTANT: A chat between a curious human and an artificial intelligence assistant ."
+
+
+def make_image_processor(name: str, **kwargs):
+    """`transformers.<name>(**kwargs)`, or its PIL twin `<name>Pil` where torchvision is not installed.
+
+    Both preprocess alike and save the same config (`AutoImageProcessor` picks the backend on load);
+    asking transformers for the torchvision class without torchvision prints a fallback warning in
+    every process, which the tiny models' builders would otherwise repeat on every run.
+    """
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    return getattr(transformers, name if is_torchvision_available() else f"{name}Pil")(**kwargs)
 
 
 def train_word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
@@ -163,8 +175,8 @@ def build_tiny(texts: list[str], cfg: ModelConfig, out_dir: str | Path) -> Path:
     if tower is not None:
         image_processor = AutoImageProcessor.from_pretrained(cfg.vision_tower_path)
     else:
-        image_processor = CLIPImageProcessor(
-            size={"shortest_edge": cfg.image_size},
+        image_processor = make_image_processor(
+            "CLIPImageProcessor", size={"shortest_edge": cfg.image_size},
             crop_size={"height": cfg.image_size, "width": cfg.image_size},
         )
     processor = build_processor(image_processor, tokenizer, vision_config.patch_size, get_template("tiny"))

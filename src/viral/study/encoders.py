@@ -34,6 +34,7 @@ from torch import nn
 
 from viral.align.teachers import IMAGENET_MEAN, IMAGENET_STD
 from viral.data.shapes import COLOURS, SHAPES
+from viral.model import make_image_processor
 from viral.study.world import WorldSplit, load_split
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def _schedule(optimizer, steps: int):
 
 
 def _log_every(steps: int) -> int:
-    return max(1, steps // 20)
+    return max(1, steps // 5)
 
 
 def sincos_positions(grid: int, dim: int) -> torch.Tensor:
@@ -310,19 +311,15 @@ def teacher_objective(model, heads, split: WorldSplit, settings: EncoderSettings
 
 
 def save_student(model, out: Path, image_size: int) -> Path:
-    from transformers import CLIPImageProcessor
-
     model.save_pretrained(out)
-    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+    make_image_processor("CLIPImageProcessor", size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
                        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(out)
     return out
 
 
 def save_teacher(model, out: Path, image_size: int) -> Path:
-    from transformers import BitImageProcessor
-
     model.save_pretrained(out)
-    BitImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+    make_image_processor("BitImageProcessor", size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
                       image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(out)
     return out
 
