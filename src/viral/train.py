@@ -35,6 +35,7 @@ from viral.align.projector import AlignmentHead
 from viral.align.residual import attach_residual
 from viral.align.teachers import Teacher, build_teacher, teacher_feature_dim
 from viral.config import ConfigError, ExperimentConfig
+from viral.connectors import get_connector
 from viral.data.llava import LlavaCollator, LlavaDataset
 from viral.data.templates import resolve_template
 from viral.model import build_model, image_grid, model_dimensions, num_image_tokens
@@ -46,12 +47,11 @@ from viral.resilience import (
     remove_stale_staging,
     save_checkpoint_atomically,
 )
+from viral.runs import METRICS_NAME, RUN_CONFIG_NAME, MetricsJsonlCallback, trim_metrics
 
 logger = logging.getLogger(__name__)
 
 ALIGNMENT_HEAD_NAME = "alignment_head.safetensors"
-METRICS_NAME = "metrics.jsonl"
-RUN_CONFIG_NAME = "viral_config.yaml"
 PROJECTOR_KEY = "multi_modal_projector"
 
 
@@ -117,21 +117,6 @@ class ViralTrainingModel(nn.Module):
         result["vra_sum"] = loss_vra.detach() * images
         result["vra_count"] = torch.tensor(images)
         return result
-
-
-class MetricsJsonlCallback(TrainerCallback):
-    """Writes one JSON line per logging step: step, loss_lm, loss_vra (null when off), lr."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "loss" not in logs:
-            return
-        row = {"step": state.global_step, "loss": logs.get("loss"), "loss_lm": logs.get("loss_lm"),
-               "loss_vra": logs.get("loss_vra"), "lr": logs.get("learning_rate")}
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
 
 
 class ViralTrainer(Trainer):
@@ -321,19 +306,6 @@ def training_arguments(config: ExperimentConfig) -> TrainingArguments:
     )
 
 
-def trim_metrics(path: Path, resume_from_checkpoint: str | None) -> None:
-    """Start `metrics.jsonl` afresh, or on resume keep only the rows up to the checkpoint's step."""
-    if not path.exists():
-        return
-    if not resume_from_checkpoint:
-        path.unlink()
-        return
-    state_file = Path(resume_from_checkpoint) / "trainer_state.json"
-    step = json.loads(state_file.read_text())["global_step"] if state_file.is_file() else 0
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(row + "\n" for row in rows))
-
-
 def preflight(config: ExperimentConfig) -> None:
     """Config errors that need no model weights: data file, output folder, teacher id, layers, z_dim."""
     if config.data.path is None:
@@ -363,12 +335,13 @@ def preflight(config: ExperimentConfig) -> None:
 
 
 def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any]]:
-    """Everything needed to train `config`: the trainer and the parts `export` needs."""
+    """Everything needed to train `config`: the trainer and the parts `export` needs (per model.connector)."""
     preflight(config)
-    if config.model.connector == "vlora":  # images as LLM weights: viral.vlora
-        from viral.vlora.train import build_vlora_trainer
+    return get_connector(config.model.connector).load("build_trainer")(config)
 
-        return build_vlora_trainer(config)
+
+def build_llava_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any]]:
+    """`build_trainer` for `model.connector: llava` (image tokens in the LLM's input)."""
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     dtype = torch.bfloat16 if config.train.bf16 else torch.float32
     llava, processor = build_model(config.model, config.output_dir, data_path=config.data.path)
@@ -433,13 +406,15 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
 
 
 def export(config: ExperimentConfig, parts: dict[str, Any], output_dir: str | Path | None = None) -> Path:
-    """Write the plain llava-hf checkpoint (LoRA merged), processor, alignment head and resolved config."""
+    """Write the trained model to `output_dir` (default `config.output_dir`) as its connector does."""
     out = Path(output_dir or config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if "vlora" in parts:
-        from viral.vlora.train import export_vlora
+    return get_connector(config.model.connector).load("export")(config, parts, out)
 
-        return export_vlora(config, parts, out)
+
+def export_llava(config: ExperimentConfig, parts: dict[str, Any], output_dir: str | Path | None = None) -> Path:
+    """Write the plain llava-hf checkpoint (LoRA merged), processor, alignment head and resolved config."""
+    out = Path(output_dir or config.output_dir)
     mllm = parts["mllm"]
     llava = mllm.merge_and_unload() if hasattr(mllm, "merge_and_unload") else mllm
     llava.save_pretrained(out)

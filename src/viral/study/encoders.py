@@ -339,7 +339,7 @@ def train_encoders(data_dir: str | Path, out: str | Path, settings: EncoderSetti
 
     With `jobs` > 1 the two encoders train side by side in two processes of one thread each.
     """
-    from viral.study.parallel import run_parallel
+    from viral.parallel import run_parallel
     from viral.study.probes import encoder_probes
 
     settings = settings or EncoderSettings()

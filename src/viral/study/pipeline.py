@@ -33,7 +33,7 @@ from transformers import TrainerCallback
 
 from viral.config import ConfigError, config_from_dict, load_config
 from viral.study.encoders import STUDENT_DIR, TEACHER_DIR, EncoderSettings, train_encoders
-from viral.study.parallel import run_parallel
+from viral.parallel import run_parallel
 
 logger = logging.getLogger(__name__)
 
