@@ -29,7 +29,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from viral.align.cache import TeacherCache, open_training_cache
-from viral.align.capture import LayerCapture
+from viral.align.hooked_loss import HookedAlignmentLoss, touch
 from viral.align.losses import get_alignment_loss
 from viral.align.projector import AlignmentHead
 from viral.align.residual import attach_residual
@@ -70,7 +70,10 @@ class ViralTrainingModel(nn.Module):
         self.vra_weight = float(vra_weight)
         self.image_token_id = int(llava.config.image_token_id)
         self.loss_fn = get_alignment_loss(alignment_loss)
-        self.capture = LayerCapture(llava, alignment_head.target_layers) if alignment_head is not None else None
+        # the head runs (forward and backward) inside the target layers' hooks: viral.align.hooked_loss
+        self.capture = (HookedAlignmentLoss(llava, alignment_head, self.loss_fn)
+                        if alignment_head is not None else None)
+        self._image_path = [llava.model.multi_modal_projector]  # a list: not a second registration
         self._encoder_features: torch.Tensor | None = None
         if alignment_head is not None:
             llava.model.multi_modal_projector.register_forward_pre_hook(self._keep_encoder_features)
@@ -83,6 +86,11 @@ class ViralTrainingModel(nn.Module):
         if self.capture is not None and self.capture.mask is not None:
             self._encoder_features = args[0].detach()  # [B_img, N, D_v]: z, CLS dropped
 
+    def _image_only_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters that only an image reaches: projector, residual, alignment head."""
+        modules = [*self._image_path, self.residual, self.alignment_head]
+        return [p for module in modules if module is not None for p in module.parameters() if p.requires_grad]
+
     def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, teacher_features=None,
                 num_items_in_batch=None, num_images_in_batch=None) -> dict[str, torch.Tensor]:
         """Loss terms. With `num_items_in_batch` (supervised tokens) and `num_images_in_batch` (image samples)
@@ -91,29 +99,32 @@ class ViralTrainingModel(nn.Module):
         lm_kwargs = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
         image_mask = input_ids == self.image_token_id  # [B, T]
         if self.capture is not None:
-            self.capture.arm(image_mask)
+            self.capture.arm(image_mask, lambda: teacher_features if teacher_features is not None
+                             else self._encoder_features)
         try:
             out = self.mllm(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                             pixel_values=pixel_values, **lm_kwargs)
         finally:
-            states = self.capture.collect() if self.capture is not None else {}  # {layer: [B_img, N, D]}
-            encoder_features, self._encoder_features = self._encoder_features, None
+            layer_losses = self.capture.collect() if self.capture is not None else {}  # {layer: []}
+            self._encoder_features = None
         local_tokens = (labels[:, 1:] != -100).sum() if labels is not None else torch.tensor(0)
         lm_sum = out.loss.detach() * (num_items_in_batch if num_items_in_batch is not None else local_tokens)
-        result = {"loss": out.loss, "lm_sum": lm_sum, "lm_count": local_tokens.detach()}
+        images = int(image_mask.any(dim=1).sum())
+        loss = out.loss
+        if images == 0 or pixel_values is None:
+            # no image in this micro-batch: a zero that still touches the image-only parameters, so every
+            # trainable parameter has a gradient (DDP runs with find_unused_parameters=False)
+            loss = loss + touch(self._image_only_parameters())
+        result = {"loss": loss, "lm_sum": lm_sum, "lm_count": local_tokens.detach()}
         if self.alignment_head is None:
             return result
-        targets = teacher_features if teacher_features is not None else encoder_features  # [B_img, N, D_z]
-        images = int(image_mask.any(dim=1).sum())
-        if not states or targets is None or images == 0:
-            # no image in this micro-batch: a zero that still touches the head (keeps DDP's reducer happy)
-            loss_vra = sum(p.sum() for p in self.alignment_head.parameters()) * 0.0
-        else:
-            projected = self.alignment_head(states)
-            losses = [self.loss_fn(projected[layer], targets.to(projected[layer].dtype)) for layer in projected]
-            loss_vra = torch.stack(losses).mean()  # mean over this micro-batch's image samples and layers
+        if len(layer_losses) == len(self.alignment_head.target_layers):
+            # mean over this micro-batch's image samples (inside each layer's loss) and over layers
+            loss_vra = torch.stack([layer_losses[layer] for layer in self.alignment_head.target_layers]).mean()
+        else:  # no image (or no target) in this micro-batch
+            loss_vra = touch(list(self.alignment_head.parameters()))
         share = images / num_images_in_batch if num_images_in_batch else 1.0
-        result["loss"] = out.loss + self.vra_weight * loss_vra * share
+        result["loss"] = loss + self.vra_weight * loss_vra * share
         result["vra_sum"] = loss_vra.detach() * images
         result["vra_count"] = torch.tensor(images)
         return result
@@ -296,6 +307,9 @@ def training_arguments(config: ExperimentConfig) -> TrainingArguments:
         seed=t.seed,
         data_seed=t.seed,
         report_to=t.report_to,
+        # every trainable parameter gets a gradient each step (text-only micro-batches touch the image-only
+        # ones with a zero), so DDP needs no search for unused parameters
+        ddp_find_unused_parameters=False,
         deepspeed=t.deepspeed,
         fsdp=t.fsdp or None,
         fsdp_config=t.fsdp_config,

@@ -1,0 +1,110 @@
+"""The alignment loss computed inside the target layers' forward hooks, its backward done there too.
+
+`LayerCapture` keeps the image-token states of a target layer until the end of the forward pass, and the
+alignment head's activations (`[B_img, N, projector_dim]` x 4) live from the head's forward until the
+backward pass: both sit on the step's memory peak (the end of the forward pass). `HookedAlignmentLoss`
+instead, in the hook of target layer l, gathers the image states (`[B_img, N, D]`), runs the head and the
+loss, and at once differentiates that layer's loss w.r.t. the gathered states and the head's trainable
+parameters. Then everything but those gradients is freed, before the layers above l run.
+
+What the hook hands back is the layer's loss as a scalar whose autograd node carries the precomputed
+gradients (`PrecomputedLoss`): when the training loss `L_LM + lambda * mean_l L_VRA,l` is differentiated,
+that node receives dL/dL_VRA,l = g and returns g * dL_VRA,l/dstates (scattered to the image positions of
+the layer output) and g * dL_VRA,l/dtheta to the head's parameters. The gradients are therefore the ones
+of the plain formulation, with every scaling applied later (lambda, micro-batch shares under gradient
+accumulation, the DDP rank factor) still applied, and the head's parameters receive their gradient inside
+the real backward pass, where DDP's reducer expects it. Nothing is saved through autograd's saved-tensor
+mechanism, so gradient checkpointing (which re-runs the layer, with the hook disarmed) needs no special case.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from viral.align.capture import LayerCapture
+from viral.align.projector import AlignmentHead
+
+
+def _keep(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+class PrecomputedLoss(torch.autograd.Function):
+    """A loss value whose gradients w.r.t. `hidden` (at `mask`) and `params` were computed already."""
+
+    @staticmethod
+    def forward(ctx, value, mask, state_grad, param_grads, hidden, *params):
+        # value: [] the loss; mask: [B, T] image positions; state_grad: [M, D] or None; param_grads: tuple
+        ctx.mask, ctx.state_grad, ctx.param_grads = mask, state_grad, param_grads
+        ctx.hidden_shape, ctx.hidden_dtype = hidden.shape, hidden.dtype
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden_grad = None
+        if ctx.state_grad is not None and ctx.needs_input_grad[4]:
+            hidden_grad = grad.new_zeros(ctx.hidden_shape, dtype=ctx.hidden_dtype)  # [B, T, D]
+            hidden_grad[ctx.mask] = (ctx.state_grad * grad).to(ctx.hidden_dtype)
+        param_grads = tuple(g.mul_(grad) for g in ctx.param_grads)  # in place: no second copy of the head
+        ctx.state_grad, ctx.param_grads = None, ()
+        return None, None, None, None, hidden_grad, *param_grads
+
+
+class HookedAlignmentLoss(LayerCapture):
+    """Per target layer, the alignment loss `{layer: []}` computed (and differentiated) in the layer's hook.
+
+    `arm(image_mask, targets)` before the forward pass, with `targets` a function returning the
+    `[B_img, N, z_dim]` teacher (or encoder) features once they exist; `collect()` after it.
+    """
+
+    def __init__(self, llava, head: AlignmentHead, loss_fn: Callable):
+        super().__init__(llava, head.target_layers)
+        self.head = head
+        self.loss_fn = loss_fn
+        self.targets: Callable[[], torch.Tensor | None] | None = None
+
+    def arm(self, image_mask: torch.Tensor, targets: Callable[[], torch.Tensor | None] | None = None) -> None:
+        super().arm(image_mask)
+        self.targets = targets
+
+    def collect(self) -> dict[int, torch.Tensor]:
+        self.targets = None
+        return super().collect()
+
+    def _keep(self, layer: int, hidden: torch.Tensor) -> None:
+        if self.mask is None or layer in self.states or self.targets is None:
+            return
+        targets = self.targets()  # [B_img, N, z_dim]
+        mask = self.mask.to(hidden.device)  # [B, T]
+        if targets is None or not bool(mask.any()):
+            return
+        counts = mask.sum(dim=1)[mask.any(dim=1)]
+        if bool((counts != counts[0]).any()):
+            raise ValueError(f"image samples hold different numbers of image tokens: {counts.tolist()}")
+        shape = (len(counts), int(counts[0]), hidden.shape[-1])
+        params = [p for p in self.head.projector_for(layer).parameters() if p.requires_grad]
+        differentiate = torch.is_grad_enabled() and (hidden.requires_grad or bool(params))
+        # identity saved-tensor hooks: gradient checkpointing's own hooks must not see the head's tensors
+        with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+            states = hidden.detach()[mask].view(shape).requires_grad_(differentiate and hidden.requires_grad)
+            projected = self.head.project(layer, states)  # [B_img, N, z_dim]
+            loss = self.loss_fn(projected, targets.to(projected.dtype))
+            if not differentiate:
+                self.states[layer] = loss
+                return
+            inputs = ([states] if states.requires_grad else []) + params
+            grads = torch.autograd.grad(loss, inputs)
+        state_grad = grads[0].view(-1, shape[-1]) if states.requires_grad else None  # [M, D]
+        param_grads = tuple(grads[1:] if states.requires_grad else grads)
+        self.states[layer] = PrecomputedLoss.apply(loss.detach(), mask, state_grad, param_grads, hidden, *params)
+
+
+def touch(parameters: list[nn.Parameter]) -> torch.Tensor:
+    """A zero that depends on every given parameter: each then gets a (zero) gradient in the backward pass,
+    so DDP can run without searching for unused parameters."""
+    if not parameters:
+        return torch.zeros(())
+    return sum(p.sum() for p in parameters) * 0.0
