@@ -33,24 +33,27 @@ def _keep(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class PrecomputedLoss(torch.autograd.Function):
-    """A loss value whose gradients w.r.t. `hidden` (at `mask`) and `params` were computed already."""
+    """A loss value whose gradients w.r.t. the head's `params` were computed already, and whose gradient
+    w.r.t. `hidden` (at `mask`) is `pre_grad @ weight`: the gradient at the head's first linear layer's
+    output, times that layer's weight. Deferring that one matmul to the backward pass keeps `[M, P]` instead
+    of `[M, D]` (P = projector_dim, half the LLM width in the paper) and costs no extra FLOPs."""
 
     @staticmethod
-    def forward(ctx, value, mask, state_grad, param_grads, hidden, *params):
-        # value: [] the loss; mask: [B, T] image positions; state_grad: [M, D] or None; param_grads: tuple
-        ctx.mask, ctx.state_grad, ctx.param_grads = mask, state_grad, param_grads
+    def forward(ctx, value, mask, pre_grad, weight, param_grads, hidden, *params):
+        # value: [] the loss; mask: [B, T] image positions; pre_grad: [M, P] or None; weight: [P, D]
+        ctx.mask, ctx.pre_grad, ctx.weight, ctx.param_grads = mask, pre_grad, weight, param_grads
         ctx.hidden_shape, ctx.hidden_dtype = hidden.shape, hidden.dtype
         return value.clone()
 
     @staticmethod
     def backward(ctx, grad):
         hidden_grad = None
-        if ctx.state_grad is not None and ctx.needs_input_grad[4]:
+        if ctx.pre_grad is not None and ctx.needs_input_grad[5]:
             hidden_grad = grad.new_zeros(ctx.hidden_shape, dtype=ctx.hidden_dtype)  # [B, T, D]
-            hidden_grad[ctx.mask] = (ctx.state_grad * grad).to(ctx.hidden_dtype)
+            hidden_grad[ctx.mask] = ((ctx.pre_grad @ ctx.weight) * grad).to(ctx.hidden_dtype)  # [M, D]
         param_grads = tuple(g.mul_(grad) for g in ctx.param_grads)  # in place: no second copy of the head
-        ctx.state_grad, ctx.param_grads = None, ()
-        return None, None, None, None, hidden_grad, *param_grads
+        ctx.pre_grad, ctx.weight, ctx.param_grads = None, None, ()
+        return None, None, None, None, None, hidden_grad, *param_grads
 
 
 class HookedAlignmentLoss(LayerCapture):
@@ -85,21 +88,35 @@ class HookedAlignmentLoss(LayerCapture):
         if bool((counts != counts[0]).any()):
             raise ValueError(f"image samples hold different numbers of image tokens: {counts.tolist()}")
         shape = (len(counts), int(counts[0]), hidden.shape[-1])
-        params = [p for p in self.head.projector_for(layer).parameters() if p.requires_grad]
+        projector = self.head.projector_for(layer)
+        first, *rest = projector  # Linear(D -> P), then SiLU - Linear - SiLU - Linear
+        params = [p for p in projector.parameters() if p.requires_grad]
         differentiate = torch.is_grad_enabled() and (hidden.requires_grad or bool(params))
         # identity saved-tensor hooks: gradient checkpointing's own hooks must not see the head's tensors
         with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
-            states = hidden.detach()[mask].view(shape).requires_grad_(differentiate and hidden.requires_grad)
-            projected = self.head.project(layer, states)  # [B_img, N, z_dim]
+            states = hidden.detach()[mask].view(shape).to(first.weight.dtype)  # [B_img, N, D]
+            with torch.no_grad():
+                pre = first(states)  # [B_img, N, P]
+            pre.requires_grad_(differentiate)
+            projected = pre
+            for module in rest:
+                projected = module(projected)  # ends [B_img, N, z_dim]
             loss = self.loss_fn(projected, targets.to(projected.dtype))
             if not differentiate:
                 self.states[layer] = loss
                 return
-            inputs = ([states] if states.requires_grad else []) + params
-            grads = torch.autograd.grad(loss, inputs)
-        state_grad = grads[0].view(-1, shape[-1]) if states.requires_grad else None  # [M, D]
-        param_grads = tuple(grads[1:] if states.requires_grad else grads)
-        self.states[layer] = PrecomputedLoss.apply(loss.detach(), mask, state_grad, param_grads, hidden, *params)
+            rest_params = [p for module in rest for p in module.parameters() if p.requires_grad]
+            pre_grad, *rest_grads = torch.autograd.grad(loss, [pre, *rest_params])
+        pre_grad = pre_grad.reshape(-1, pre.shape[-1])  # [M, P]
+        grads = dict(zip(map(id, rest_params), rest_grads))
+        if first.weight.requires_grad:  # the first linear layer's weight and bias gradients, as its backward
+            grads[id(first.weight)] = pre_grad.T @ states.reshape(-1, shape[-1])  # [P, D]
+        if first.bias is not None and first.bias.requires_grad:
+            grads[id(first.bias)] = pre_grad.sum(dim=0)  # [P]
+        param_grads = tuple(grads[id(p)] for p in params)
+        keep_pre_grad = pre_grad if hidden.requires_grad else None
+        self.states[layer] = PrecomputedLoss.apply(loss.detach(), mask, keep_pre_grad, first.weight, param_grads,
+                                                   hidden, *params)
 
 
 def touch(parameters: list[nn.Parameter]) -> torch.Tensor:
