@@ -69,7 +69,7 @@ def reference_step(llava, head, batches, loss_name, weight, teachers):
         share = int(mask.any(1).sum()) / images
         loss = out.loss + weight * vra * share
         loss.backward()
-        losses.append((float(out.loss), float(vra)))
+        losses.append((float(out.loss.detach()), float(vra.detach())))
     handle.remove()
     return losses
 

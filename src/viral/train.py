@@ -164,7 +164,11 @@ class ViralTrainer(Trainer):
         teacher_inputs = {key.removeprefix("teacher_"): inputs.pop(key) for key in list(inputs)
                           if key.startswith("teacher_") and key != "teacher_features"}
         if teacher_inputs and self.teacher is not None and "teacher_features" not in inputs:
-            inputs["teacher_features"] = self.teacher(**teacher_inputs)  # [B_img, N, D_z], no grad
+            with torch.inference_mode():  # the teacher is frozen: no autograd records at all, one batched call
+                features = self.teacher(**teacher_inputs)  # [B_img, N, D_z]
+            # a normal tensor (the loss may save it) holding only the patch tokens the loss reads
+            inputs["teacher_features"] = features.clone()
+            del teacher_inputs, features
         if num_items_in_batch is not None:
             inputs["num_items_in_batch"] = num_items_in_batch
             inputs["num_images_in_batch"] = self.num_images_in_batch
