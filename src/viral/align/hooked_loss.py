@@ -4,13 +4,16 @@
 alignment head's activations (`[B_img, N, projector_dim]` x 4) live from the head's forward until the
 backward pass: both sit on the step's memory peak (the end of the forward pass). `HookedAlignmentLoss`
 instead, in the hook of target layer l, gathers the image states (`[B_img, N, D]`), runs the head and the
-loss, and at once differentiates that layer's loss w.r.t. the gathered states and the head's trainable
-parameters. Then everything but those gradients is freed, before the layers above l run.
+loss, and at once differentiates that layer's loss w.r.t. the head's trainable parameters and the output
+of its first linear layer (`[M, P]`, M = B_img * N, P = projector_dim). Then everything but those
+gradients is freed, before the layers above l run. The gradient w.r.t. the states (`[M, D]`) is that
+`[M, P]` gradient times the first layer's weight: the matmul its backward would do anyway, deferred to
+the real backward pass, so what waits there is P/D of the states' size (half in the paper's 4096 / 2048).
 
 What the hook hands back is the layer's loss as a scalar whose autograd node carries the precomputed
 gradients (`PrecomputedLoss`): when the training loss `L_LM + lambda * mean_l L_VRA,l` is differentiated,
 that node receives dL/dL_VRA,l = g and returns g * dL_VRA,l/dstates (scattered to the image positions of
-the layer output) and g * dL_VRA,l/dtheta to the head's parameters. The gradients are therefore the ones
+the layer output, like the indexing it replaces) and g * dL_VRA,l/dtheta to the head's parameters. The gradients are therefore the ones
 of the plain formulation, with every scaling applied later (lambda, micro-batch shares under gradient
 accumulation, the DDP rank factor) still applied, and the head's parameters receive their gradient inside
 the real backward pass, where DDP's reducer expects it. Nothing is saved through autograd's saved-tensor
