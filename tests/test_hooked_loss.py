@@ -93,17 +93,19 @@ def grads(modules):
             for name, p in module.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("layers,shared,loss_name,teacher,checkpointing,micro_batches", [
-    ([0, 2, 4], False, "cosine", False, False, 1),
-    ([1, 3], True, "relation", True, False, 2),
-    ([2], False, "cosine", True, True, 2),
-    ([0, 4], True, "cosine", False, True, 1),
+@pytest.mark.parametrize("layers,shared,loss_name,teacher,checkpointing,micro_batches,frozen_head", [
+    ([0, 2, 4], False, "cosine", False, False, 1, False),
+    ([1, 3], True, "relation", True, False, 2, False),
+    ([2], False, "cosine", True, True, 2, False),
+    ([0, 4], True, "cosine", False, True, 1, False),
+    ([3], False, "cosine", True, False, 1, True),  # a head that does not train: only the LLM gets gradients
 ])
 def test_hooked_head_matches_the_plain_formulation(tiny_llava_path, layers, shared, loss_name, teacher,
-                                                   checkpointing, micro_batches):
+                                                   checkpointing, micro_batches, frozen_head):
     results = []
     for step in (reference_step, hooked_step):
         predictor, llava, head = setup(tiny_llava_path, layers, shared, checkpointing)
+        head.requires_grad_(not frozen_head)
         batches = make_batches(predictor, micro_batches, text_only={micro_batches - 1})
         torch.manual_seed(1)
         images = [int((b["input_ids"] == llava.config.image_token_id).any(1).sum()) for b in batches]
@@ -115,7 +117,8 @@ def test_hooked_head_matches_the_plain_formulation(tiny_llava_path, layers, shar
     # the reference's per-micro-batch L_LM is the share of the step mean; compare the summed step values
     assert sum(l for l, _ in hooked_losses) == pytest.approx(sum(l for l, _ in ref_losses), abs=1e-6)
     assert [v for _, v in hooked_losses] == pytest.approx([v for _, v in ref_losses], abs=1e-6)
-    assert ref_grads.keys() == hooked_grads.keys() and any(k.startswith("1.") for k in ref_grads)
+    assert ref_grads.keys() == hooked_grads.keys()
+    assert any(k.startswith("1.") for k in ref_grads) != frozen_head  # "1." = the head's parameters
     for name in ref_grads:
         torch.testing.assert_close(hooked_grads[name], ref_grads[name], rtol=0, atol=1e-6, msg=name)
 
