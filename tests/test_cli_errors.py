@@ -70,3 +70,12 @@ def test_missing_files_are_user_errors(tmp_path, capsys, monkeypatch):
     assert error_lines(capsys.readouterr().err) == [f"viral: error: config file {tmp_path / 'nope.yaml'} does not exist"]
     assert main(["train", "--set", f"data.path={tmp_path / 'none.json'}", f"output_dir={tmp_path / 'r'}"]) == 2
     assert error_lines(capsys.readouterr().err) == [f"viral: error: data.path {tmp_path / 'none.json'} does not exist"]
+
+
+def test_a_model_path_without_a_checkpoint_is_a_user_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VIRAL_DEBUG", raising=False)
+    assert main(["infer", "--model-path", str(tmp_path / "missing"), "--prompt", "hi"]) == 2
+    assert error_lines(capsys.readouterr().err) == [f"viral: error: model path {tmp_path / 'missing'} does not exist"]
+    assert main(["infer", "--model-path", str(tmp_path), "--prompt", "hi"]) == 2  # a folder, but no weights
+    [line] = error_lines(capsys.readouterr().err)
+    assert line.startswith(f"viral: error: cannot load a model from {tmp_path}: ")
