@@ -29,8 +29,9 @@ def metrics(run_dir):
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
                     reason="torchrun is not installed")
 def test_ddp_two_processes_match_one_process(tmp_path, shapes_dir):
-    """Runs with ddp_find_unused_parameters=False (training_arguments); one third of the records are text-only,
-    so some rank's micro-batch has no image and its image-only parameters get their gradient from a zero."""
+    """Runs with ddp_find_unused_parameters=False (training_arguments) on data where 8 of 32 records are
+    text-only; that every trainable parameter gets a gradient even from a micro-batch without an image is
+    checked below, for each kind of run."""
     data = mixed_data(tmp_path, shapes_dir)
     single = tmp_path / "single"
     run([sys.executable, "-m", "viral.cli", "train", "--set",
