@@ -93,3 +93,31 @@ def test_bad_inputs_are_named():
         cknna(x, x, k=10)
     with pytest.raises(ValueError, match=r"\[n, d\]"):
         cknna(x[None], x)
+
+
+def test_layer_cknna_teacher_sees_the_students_padded_square(tiny_llava_path):
+    """In `pad` mode the student sees the image padded to a square; the teacher must see that same square."""
+    from PIL import Image
+
+    from viral.analysis.cknna import layer_cknna
+    from viral.analysis.report import Example
+    from viral.data.images import apply_aspect
+    from viral.infer import Predictor
+
+    predictor = Predictor.from_pretrained(tiny_llava_path, device="cpu")
+    assert predictor.image_aspect == "pad"
+    grid = predictor.model.config.vision_config.image_size // predictor.model.config.vision_config.patch_size
+
+    class RecordingTeacher:
+        seen: list = []
+
+        def features(self, images):
+            self.seen.extend(images)
+            return torch.randn(len(images), grid * grid, 8)
+
+    wide = Image.new("RGB", (64, 24), "red")
+    teacher = RecordingTeacher()
+    layer_cknna(predictor, [Example(wide, "What colour ?")], k=3, teacher=teacher)
+    [seen] = teacher.seen
+    expected = apply_aspect(wide, "pad", predictor.processor.image_processor)
+    assert seen.size == (64, 64) and seen.tobytes() == expected.tobytes()

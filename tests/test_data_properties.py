@@ -1,8 +1,9 @@
-"""Property-based: malformed records and odd images either load correctly or raise DataError naming the record."""
+"""Property-based (1000 examples): malformed records and odd images either load and collate correctly or
+raise DataError naming the file, record and field."""
 
+import functools
 import io
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from viral.data.llava import IGNORE_INDEX, DataError, LlavaDataset
+from viral.data.llava import IGNORE_INDEX, DataError, LlavaCollator, LlavaDataset
 from viral.data.templates import get_template
 from viral.model import load_llava
 
@@ -22,6 +23,7 @@ def processor(tiny_llava_path):
     return load_llava(tiny_llava_path)[1]
 
 
+@functools.lru_cache(maxsize=None)
 def image_bytes(kind: str, size: tuple[int, int], mode: str) -> bytes:
     if kind == "zero-byte":
         return b""
@@ -70,29 +72,36 @@ def check_item(item, has_image: bool) -> None:
         assert "pixel_values" not in item
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@pytest.mark.slow  # ~1000 examples; CI runs it (`make test` runs every test)
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
 @given(record=records, image=images, encoding_error=st.booleans())
-def test_loader_loads_or_names_the_record(processor, record, image, encoding_error):
+def test_loader_loads_or_names_the_record(processor, folder, record, image, encoding_error):
     kind, size, mode = image
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        (folder / "img.bin").write_bytes(image_bytes(kind, size, mode))
-        payload = json.dumps([record]).encode()
-        if encoding_error:
-            payload = payload[:-1] + b'\xff\xfe]'
-        (folder / "data.json").write_bytes(payload)
-        try:
-            dataset = LlavaDataset(folder / "data.json", processor, get_template("tiny"),
-                                   num_image_tokens=N_IMAGE_TOKENS, model_max_length=512)
-            item = dataset[0]
-        except DataError as err:
-            assert str(folder / "data.json") in str(err)
-            assert err.index in (0, None) and err.field
-            if err.index is None:  # only file-level problems lack a record index
-                assert err.field in ("path", "text")
-            return
-        check_item(item, has_image=dataset.records[0].get("image") is not None)
-        expected_tokens = N_IMAGE_TOKENS if dataset.records[0].get("image") is not None else 0
-        token_id = processor.tokenizer.convert_tokens_to_ids("<image>")
-        assert int((item["input_ids"] == token_id).sum()) == expected_tokens
+    (folder / "img.bin").write_bytes(image_bytes(kind, size, mode))
+    payload = json.dumps([record]).encode()
+    if encoding_error:
+        payload = payload[:-1] + b'\xff\xfe]'
+    (folder / "data.json").write_bytes(payload)
+    try:
+        dataset = LlavaDataset(folder / "data.json", processor, get_template("tiny"),
+                               num_image_tokens=N_IMAGE_TOKENS, model_max_length=512)
+        item = dataset[0]
+    except DataError as err:
+        assert str(folder / "data.json") in str(err)
+        assert err.index in (0, None) and err.field
+        if err.index is None:  # only file-level problems lack a record index
+            assert err.field in ("path", "text")
+        return
+    check_item(item, has_image=dataset.records[0].get("image") is not None)
+    expected_tokens = N_IMAGE_TOKENS if dataset.records[0].get("image") is not None else 0
+    token_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert int((item["input_ids"] == token_id).sum()) == expected_tokens
+    batch = LlavaCollator(processor.tokenizer.pad_token_id)([item, item])  # what the Trainer's loader does
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, item["input_ids"].shape[0])
+    assert ("pixel_values" in batch) == (expected_tokens > 0)

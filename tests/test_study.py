@@ -166,7 +166,7 @@ def test_a_run_folder_with_another_config_is_refused(tmp_path, small_world, stag
 
 
 def test_run_parallel_keeps_order_and_gives_each_process_one_thread():
-    from viral.study.parallel import run_parallel
+    from viral.parallel import run_parallel
 
     calls = [((("k", i),),) for i in range(3)]
     assert run_parallel(dict, calls, jobs=1) == [{"k": i} for i in range(3)]

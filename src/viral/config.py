@@ -22,9 +22,20 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from viral.errors import UserError, closest
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration value is missing, unknown or inconsistent; the message says what to change."""
+
+
+def _did_you_mean(unknown: list[str], known: set[str], prefix: str = "") -> str | None:
+    """`did you mean 'align.vra_weight'?` for the first unknown key that is close to a known one."""
+    for key in unknown:
+        match = closest(key, known)
+        if match:
+            return f"did you mean {prefix + match!r} instead of {prefix + key!r}?"
+    return None
 
 
 @dataclass
@@ -235,7 +246,10 @@ def section_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where}; known keys: {sorted(known)}")
+        section = where.rsplit(": ", 1)[-1]
+        prefix = f"{section}." if section in SECTIONS else ""
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; known keys: {sorted(known)}",
+                          hint=_did_you_mean(unknown, known, prefix))
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 
@@ -250,7 +264,10 @@ def load_official_align_json(path: str | os.PathLike) -> AlignConfig:
 
 
 def _read_file(path: str | os.PathLike) -> dict[str, Any]:
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read the config file {path}: {err}") from err
     try:
         data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
@@ -274,8 +291,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if len(parts) == 1 and parts[0] not in ("output_dir",) and parts[0] not in SECTIONS:
             section = _section_for_bare_key(parts[0])
             if section is None:
+                dotted = {f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in fields(cls)}
+                match = closest(parts[0], {k.split(".", 1)[1] for k in dotted})
+                suggestion = [k for k in sorted(dotted) if match and k.endswith("." + match)]
                 raise ConfigError(
-                    f"override key {key!r} is not a known field; use section.key with a section in {list(SECTIONS)}"
+                    f"override key {key!r} is not a known field; use section.key with a section in {list(SECTIONS)}",
+                    hint=f"did you mean {suggestion[0]!r}?" if suggestion else None,
                 )
             parts = [section, parts[0]]
         node = raw
@@ -294,7 +315,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>", base_dir: Pa
     known_top = set(SECTIONS) | {"output_dir"}
     unknown = sorted(set(raw) - known_top)
     if unknown:
-        raise ConfigError(f"unknown top-level key(s) {unknown} in {source}; known: {sorted(known_top)}")
+        raise ConfigError(f"unknown top-level key(s) {unknown} in {source}; known: {sorted(known_top)}",
+                          hint=_did_you_mean(unknown, known_top))
     kwargs: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         value = raw.get(name, {})

@@ -8,11 +8,16 @@ import torch
 import yaml
 from PIL import Image
 
+from viral.connectors import connector_of_folder, get_connector
 from viral.data.images import apply_aspect
 from viral.data.templates import render, resolve_template, user_message
+from viral.errors import UserError
 from viral.model import load_llava
+from viral.runs import RUN_CONFIG_NAME
 
-RUN_CONFIG_NAME = "viral_config.yaml"
+
+class ModelLoadError(UserError, OSError):
+    """A model path or hub id that holds no loadable checkpoint (missing, incomplete, misspelt)."""
 
 
 def _dtype(name: str | None):
@@ -33,17 +38,21 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, model_path: str, device: str | None = None, dtype: str | None = None) -> "Predictor":
-        """Load a folder written by `viral train` or any llava-hf checkpoint (hub id or path)."""
-        if (Path(model_path) / "vlora_generator.safetensors").is_file():  # connector: vlora
-            from viral.vlora.predict import VLoRAPredictor
-
-            return VLoRAPredictor.from_pretrained(model_path, device=device, dtype=dtype)
+        """Load a folder written by `viral train` (any connector) or any llava-hf checkpoint (hub id or path)."""
+        if str(model_path).startswith(("/", "./", "../", "~")) and not Path(model_path).expanduser().exists():
+            raise ModelLoadError(f"model path {model_path} does not exist")
+        connector = connector_of_folder(model_path)
+        if connector != "llava":  # e.g. vlora: that connector's Predictor subclass loads it
+            return get_connector(connector).load("predictor").from_pretrained(model_path, device=device, dtype=dtype)
         torch_dtype = _dtype(dtype)
-        model, processor = load_llava(model_path, dtype=torch_dtype)
+        try:
+            model, processor = load_llava(model_path, dtype=torch_dtype)
+        except OSError as err:  # transformers' error for a folder or hub id without a checkpoint
+            raise ModelLoadError(f"cannot load a model from {model_path}: {err}") from err
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
         if Path(model_path).is_dir():
-            from viral.align.residual import load_residual
+            from viral.align import load_residual
 
             load_residual(model, model_path)  # a residual-baseline run: hooks travel with the model
         aspect, template = "pad", "auto"

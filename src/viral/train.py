@@ -32,12 +32,13 @@ from torch import nn
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from viral.align.cache import TeacherCache, open_training_cache
-from viral.align.capture import LayerCapture
-from viral.align.losses import get_alignment_loss, packed_alignment_loss
+from viral.align.hooked_loss import HookedAlignmentLoss, touch
+from viral.align.losses import get_alignment_loss
 from viral.align.projector import AlignmentHead
 from viral.align.residual import attach_residual
 from viral.align.teachers import Teacher, build_teacher, teacher_feature_dim
 from viral.config import ConfigError, ExperimentConfig
+from viral.connectors import get_connector
 from viral.data.llava import LlavaCollator, LlavaDataset
 from viral.data.templates import resolve_template
 from viral.families import FAMILIES, family_of_model, get_family
@@ -50,12 +51,11 @@ from viral.resilience import (
     remove_stale_staging,
     save_checkpoint_atomically,
 )
+from viral.runs import METRICS_NAME, RUN_CONFIG_NAME, MetricsJsonlCallback, trim_metrics
 
 logger = logging.getLogger(__name__)
 
 ALIGNMENT_HEAD_NAME = "alignment_head.safetensors"
-METRICS_NAME = "metrics.jsonl"
-RUN_CONFIG_NAME = "viral_config.yaml"
 PROJECTOR_KEYS = ("multi_modal_projector", "visual.merger")  # the vision projector's name: LLaVA, Qwen-VL
 
 
@@ -76,7 +76,11 @@ class ViralTrainingModel(nn.Module):
         self.loss_fn = get_alignment_loss(alignment_loss)
         family = family_of_model(llava)  # None: LLaVA
         ragged = bool(family is not None and family.ragged_image_tokens)  # a different token count per image
-        self.capture = LayerCapture(llava, alignment_head.target_layers, ragged) if alignment_head is not None else None
+        # the head runs (forward and backward) inside the target layers' hooks: viral.align.hooked_loss
+        self.capture = (HookedAlignmentLoss(llava, alignment_head, self.loss_fn, ragged)
+                        if alignment_head is not None else None)
+        self._image_path = [family.projector(llava) if family is not None
+                            else llava.model.multi_modal_projector]  # a list: not a second registration
         self._encoder_features: torch.Tensor | None = None
         if alignment_head is not None and family is None:
             llava.model.multi_modal_projector.register_forward_pre_hook(self._keep_encoder_features)
@@ -89,6 +93,11 @@ class ViralTrainingModel(nn.Module):
         if self.capture is not None and self.capture.mask is not None:
             self._encoder_features = args[0].detach()  # [B_img, N, D_v]: z, CLS dropped
 
+    def _image_only_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters that only an image reaches: projector, residual, alignment head."""
+        modules = [*self._image_path, self.residual, self.alignment_head]
+        return [p for module in modules if module is not None for p in module.parameters() if p.requires_grad]
+
     def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, teacher_features=None,
                 num_items_in_batch=None, num_images_in_batch=None, **image_inputs) -> dict[str, torch.Tensor]:
         """Loss terms. With `num_items_in_batch` (supervised tokens) and `num_images_in_batch` (image samples)
@@ -98,52 +107,35 @@ class ViralTrainingModel(nn.Module):
         lm_kwargs = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
         image_mask = input_ids == self.image_token_id  # [B, T]
         if self.capture is not None:
-            self.capture.arm(image_mask)
+            self.capture.arm(image_mask, lambda: teacher_features if teacher_features is not None
+                             else self._encoder_features)
         try:
             out = self.mllm(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                             pixel_values=pixel_values, **image_inputs, **lm_kwargs)
         finally:
-            states = self.capture.collect() if self.capture is not None else {}  # {layer: [B_img, N, D]}
-            encoder_features, self._encoder_features = self._encoder_features, None
+            layer_losses = self.capture.collect() if self.capture is not None else {}  # {layer: []}
+            self._encoder_features = None
         local_tokens = (labels[:, 1:] != -100).sum() if labels is not None else torch.tensor(0)
         lm_sum = out.loss.detach() * (num_items_in_batch if num_items_in_batch is not None else local_tokens)
-        result = {"loss": out.loss, "lm_sum": lm_sum, "lm_count": local_tokens.detach()}
+        images = int(image_mask.any(dim=1).sum())
+        loss = out.loss
+        if images == 0 or pixel_values is None:
+            # no image in this micro-batch: a zero that still touches the image-only parameters, so every
+            # trainable parameter has a gradient (DDP runs with find_unused_parameters=False)
+            loss = loss + touch(self._image_only_parameters())
+        result = {"loss": loss, "lm_sum": lm_sum, "lm_count": local_tokens.detach()}
         if self.alignment_head is None:
             return result
-        targets = teacher_features if teacher_features is not None else encoder_features  # [B_img, N, D_z]
-        images = int(image_mask.any(dim=1).sum())
-        if not states or targets is None or images == 0:
-            # no image in this micro-batch: a zero that still touches the head (keeps DDP's reducer happy)
-            loss_vra = sum(p.sum() for p in self.alignment_head.parameters()) * 0.0
-        else:
-            projected = self.alignment_head(states)  # ragged: {layer: [sum N_i, z_dim]}, targets [sum N_i, z_dim]
-            if self.capture.ragged:
-                counts = image_mask.sum(dim=1)[image_mask.any(dim=1)].tolist()  # image tokens per image sample
-                losses = [packed_alignment_loss(self.loss_fn, projected[layer], targets.to(projected[layer].dtype),
-                                                counts) for layer in projected]
-            else:
-                losses = [self.loss_fn(projected[layer], targets.to(projected[layer].dtype)) for layer in projected]
-            loss_vra = torch.stack(losses).mean()  # mean over this micro-batch's image samples and layers
+        if len(layer_losses) == len(self.alignment_head.target_layers):
+            # mean over this micro-batch's image samples (inside each layer's loss) and over layers
+            loss_vra = torch.stack([layer_losses[layer] for layer in self.alignment_head.target_layers]).mean()
+        else:  # no image (or no target) in this micro-batch
+            loss_vra = touch(list(self.alignment_head.parameters()))
         share = images / num_images_in_batch if num_images_in_batch else 1.0
-        result["loss"] = out.loss + self.vra_weight * loss_vra * share
+        result["loss"] = loss + self.vra_weight * loss_vra * share
         result["vra_sum"] = loss_vra.detach() * images
         result["vra_count"] = torch.tensor(images)
         return result
-
-
-class MetricsJsonlCallback(TrainerCallback):
-    """Writes one JSON line per logging step: step, loss_lm, loss_vra (null when off), lr."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "loss" not in logs:
-            return
-        row = {"step": state.global_step, "loss": logs.get("loss"), "loss_lm": logs.get("loss_lm"),
-               "loss_vra": logs.get("loss_vra"), "lr": logs.get("learning_rate")}
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
 
 
 class ViralTrainer(Trainer):
@@ -180,7 +172,11 @@ class ViralTrainer(Trainer):
         teacher_inputs = {key.removeprefix("teacher_"): inputs.pop(key) for key in list(inputs)
                           if key.startswith("teacher_") and key != "teacher_features"}
         if teacher_inputs and self.teacher is not None and "teacher_features" not in inputs:
-            inputs["teacher_features"] = self.teacher(**teacher_inputs)  # [B_img, N, D_z], no grad
+            with torch.inference_mode():  # the teacher is frozen: no autograd records at all, one batched call
+                features = self.teacher(**teacher_inputs)  # [B_img, N, D_z]
+            # a normal tensor (the loss may save it) holding only the patch tokens the loss reads
+            inputs["teacher_features"] = features.clone()
+            del teacher_inputs, features
         if num_items_in_batch is not None:
             inputs["num_items_in_batch"] = num_items_in_batch
             inputs["num_images_in_batch"] = self.num_images_in_batch
@@ -327,6 +323,9 @@ def training_arguments(config: ExperimentConfig) -> TrainingArguments:
         seed=t.seed,
         data_seed=t.seed,
         report_to=t.report_to,
+        # every trainable parameter gets a gradient each step (text-only micro-batches touch the image-only
+        # ones with a zero), so DDP needs no search for unused parameters
+        ddp_find_unused_parameters=False,
         deepspeed=t.deepspeed,
         fsdp=t.fsdp or None,
         fsdp_config=t.fsdp_config,
@@ -336,19 +335,6 @@ def training_arguments(config: ExperimentConfig) -> TrainingArguments:
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
     )
-
-
-def trim_metrics(path: Path, resume_from_checkpoint: str | None) -> None:
-    """Start `metrics.jsonl` afresh, or on resume keep only the rows up to the checkpoint's step."""
-    if not path.exists():
-        return
-    if not resume_from_checkpoint:
-        path.unlink()
-        return
-    state_file = Path(resume_from_checkpoint) / "trainer_state.json"
-    step = json.loads(state_file.read_text())["global_step"] if state_file.is_file() else 0
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(row + "\n" for row in rows))
 
 
 def preflight(config: ExperimentConfig) -> None:
@@ -382,12 +368,13 @@ def preflight(config: ExperimentConfig) -> None:
 
 
 def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any]]:
-    """Everything needed to train `config`: the trainer and the parts `export` needs."""
+    """Everything needed to train `config`: the trainer and the parts `export` needs (per model.connector)."""
     preflight(config)
-    if config.model.connector == "vlora":  # images as LLM weights: viral.vlora
-        from viral.vlora.train import build_vlora_trainer
+    return get_connector(config.model.connector).load("build_trainer")(config)
 
-        return build_vlora_trainer(config)
+
+def build_llava_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any]]:
+    """`build_trainer` for `model.connector: llava` (image tokens in the LLM's input)."""
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     dtype = torch.bfloat16 if config.train.bf16 else torch.float32
     llava, processor = build_model(config.model, config.output_dir, data_path=config.data.path)
@@ -460,13 +447,15 @@ def build_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any
 
 
 def export(config: ExperimentConfig, parts: dict[str, Any], output_dir: str | Path | None = None) -> Path:
-    """Write the plain llava-hf checkpoint (LoRA merged), processor, alignment head and resolved config."""
+    """Write the trained model to `output_dir` (default `config.output_dir`) as its connector does."""
     out = Path(output_dir or config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if "vlora" in parts:
-        from viral.vlora.train import export_vlora
+    return get_connector(config.model.connector).load("export")(config, parts, out)
 
-        return export_vlora(config, parts, out)
+
+def export_llava(config: ExperimentConfig, parts: dict[str, Any], output_dir: str | Path | None = None) -> Path:
+    """Write the plain llava-hf checkpoint (LoRA merged), processor, alignment head and resolved config."""
+    out = Path(output_dir or config.output_dir)
     mllm = parts["mllm"]
     llava = mllm.merge_and_unload() if hasattr(mllm, "merge_and_unload") else mllm
     llava.save_pretrained(out)

@@ -40,8 +40,10 @@ def _average_over_samples(per_sample: torch.Tensor, counted: torch.Tensor, ancho
 def cosine_alignment_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Negative mean cosine similarity per token; -1 when student equals teacher. Inputs `[B, N, D]`."""
     _check(student, teacher)
-    tokens = _token_mask(student, mask)  # [B, N]
     cos = F.cosine_similarity(student.float(), teacher.detach().float(), dim=-1)  # [B, N]
+    if mask is None and cos.numel():  # every token counts, each sample has N: the mean of per-sample means
+        return -cos.mean()
+    tokens = _token_mask(student, mask)  # [B, N]
     counts = tokens.sum(dim=1)  # [B]
     per_sample = -(cos * tokens).sum(dim=1) / counts.clamp(min=1)  # [B]
     return _average_over_samples(per_sample, counts > 0, student)

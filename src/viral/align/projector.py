@@ -33,10 +33,15 @@ class AlignmentHead(nn.Module):
             "z_dim": z_dim, "use_multiple_projectors": use_multiple_projectors,
         }
 
+    def projector_for(self, layer: int) -> AlignmentProjector:
+        """The projector that maps target layer `layer`'s states."""
+        return self.projectors[self.target_layers.index(layer) if len(self.projectors) > 1 else 0]
+
+    def project(self, layer: int, states: torch.Tensor) -> torch.Tensor:
+        """`[B_img, N, hidden]` states of target layer `layer` -> `[B_img, N, z_dim]`."""
+        projector = self.projector_for(layer)
+        return projector(states.to(projector[0].weight.dtype))
+
     def forward(self, states: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """`{layer: [B_img, N, hidden]}` -> `{layer: [B_img, N, z_dim]}`."""
-        out = {}
-        for k, layer in enumerate(self.target_layers):
-            projector = self.projectors[k if len(self.projectors) > 1 else 0]
-            out[layer] = projector(states[layer].to(projector[0].weight.dtype))
-        return out
+        return {layer: self.project(layer, states[layer]) for layer in self.target_layers}

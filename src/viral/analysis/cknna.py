@@ -100,6 +100,7 @@ def layer_cknna(predictor, examples, k: int = 10, teacher=None, batch_size: int 
     Returns {"layers", "k", "n_images", "curves": {reference: {"mean": [...], "std": [...]}}}.
     """
     from viral.analysis.report import batches
+    from viral.data.images import apply_aspect
     from viral.analysis.states import image_states, num_llm_layers
 
     model = predictor.model
@@ -111,8 +112,12 @@ def layer_cknna(predictor, examples, k: int = 10, teacher=None, batch_size: int 
         states = image_states(model, inputs, layers)
         references = {"encoder": states["encoder"]}  # [B, N, D_z]
         if teacher is not None:
-            with torch.no_grad():  # `features`: the teacher's own inputs (SAM also needs the unpadded sizes)
-                references["teacher"] = teacher.features(images).detach().float().cpu()  # [B, N, D_t]
+            # the teacher sees the square the student sees (padded with the mean colour in `pad` mode), as in
+            # training; `features` then applies the teacher's own resize and normalisation
+            seen = [apply_aspect(image.convert("RGB"), predictor.image_aspect, predictor.processor.image_processor)
+                    for image in images]
+            with torch.no_grad():
+                references["teacher"] = teacher.features(seen).detach().float().cpu()  # [B, N, D_t]
         for name, reference in references.items():
             per_layer = scores.setdefault(name, [[] for _ in layers])
             for layer in layers:

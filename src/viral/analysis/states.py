@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from viral.align.capture import capture_layers, language_model_parts
+from viral.align import capture_layers, language_model_parts
 from viral.model import image_grid
 
 

@@ -10,9 +10,8 @@ The first form loads `viral.infer.Predictor` and calls `viral.evaluate.evaluate`
 from __future__ import annotations
 
 import argparse
-import sys
 
-from viral.evaluate import BENCHMARKS, DataError, compare_results, evaluate, format_comparison, load_results
+from viral.evaluate import BENCHMARKS, compare_results, evaluate, format_comparison, load_results
 from viral.evaluate.compare import flatten_metrics
 from viral.evaluate.runner import predictions_path
 
@@ -67,13 +66,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.eval_command == "compare":
-            return run_compare(args)
-        return run_eval(args)
-    except (DataError, FileNotFoundError) as error:
-        print(f"viral eval: error: {error}", file=sys.stderr)
-        return 2
+    # a DataError or a missing file reaches viral.cli, which prints it as one line and exits 2
+    if args.eval_command == "compare":
+        return run_compare(args)
+    return run_eval(args)
 
 
 def run_compare(args: argparse.Namespace) -> int:

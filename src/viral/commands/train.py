@@ -18,10 +18,11 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from viral.config import load_config
+
+    config = load_config(args.config, args.overrides)  # before the heavy imports: a bad key fails fast
     from viral.resilience import TrainingInterrupted
     from viral.train import train
 
-    config = load_config(args.config, args.overrides)
     try:
         out = train(config)
     except TrainingInterrupted as stop:

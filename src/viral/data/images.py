@@ -6,8 +6,10 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from viral.errors import UserError
 
-class ImageLoadError(OSError):
+
+class ImageLoadError(UserError, OSError):
     """An image file is missing or cannot be decoded."""
 
 

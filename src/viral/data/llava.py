@@ -27,13 +27,14 @@ from torch.utils.data import Dataset
 
 from viral.data.images import ImageLoadError, apply_aspect, load_image
 from viral.data.templates import IMAGE_TOKEN, render
+from viral.errors import UserError
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A training record or its image is unusable; says which file, record and field."""
 
     def __init__(self, file: str | Path, index: int | None, field: str, message: str):

@@ -305,7 +305,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     each of them is drawn for a training turn (default uniform); the benchmark asks every one that applies.
     `jobs` > 1 draws the scenes in that many processes; the files written are the same.
     """
-    from viral.study.parallel import run_parallel
+    from viral.parallel import run_parallel
 
     if max_objects < 1:
         raise ValueError(f"max_objects {max_objects}: each image holds at least one object")

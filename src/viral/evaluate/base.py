@@ -24,8 +24,10 @@ from typing import Any, Callable, ClassVar, Iterable
 
 from PIL import Image
 
+from viral.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A benchmark's local data is missing or malformed; the message names file, record and field."""
 
 

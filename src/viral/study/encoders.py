@@ -383,7 +383,7 @@ def train_encoders(data_dir: str | Path, out: str | Path, settings: EncoderSetti
 
     With `jobs` > 1 the two encoders train side by side in two processes of one thread each.
     """
-    from viral.study.parallel import run_parallel
+    from viral.parallel import run_parallel
 
     settings = settings or EncoderSettings()
     out = Path(out)

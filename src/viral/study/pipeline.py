@@ -36,8 +36,8 @@ from transformers import TrainerCallback
 
 from viral.config import ConfigError, config_from_dict, load_config
 from viral.data.shapes import TEXT_CORPUS
+from viral.parallel import run_parallel
 from viral.study.encoders import STUDENT_DIR, TEACHER_DIR, EncoderSettings, probe_encoders, train_encoders
-from viral.study.parallel import run_parallel
 
 logger = logging.getLogger(__name__)
 

@@ -222,7 +222,7 @@ def alignment_diagnostics(student: torch.Tensor, teacher: torch.Tensor, test_stu
 def encoder_probes(student_dir: str | Path, teacher_dir: str | Path, data_dir: str | Path, n_train: int,
                    n_test: int, steps: int = 800, seed: int = 0, jobs: int = 1) -> dict[str, Any]:
     """Probes of both encoders (side by side when jobs > 1) and the alignment diagnostics, as a report section."""
-    from viral.study.parallel import run_parallel
+    from viral.parallel import run_parallel
     from viral.study.world import load_split
 
     train, test = load_split(data_dir, "train", n_train), load_split(data_dir, "eval", n_test)

@@ -10,7 +10,8 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from viral.data.images import apply_aspect
-from viral.infer import RUN_CONFIG_NAME, Predictor, _dtype
+from viral.infer import Predictor, _dtype
+from viral.runs import RUN_CONFIG_NAME
 
 from .model import VLoRAModel
 

@@ -19,14 +19,8 @@ from viral.config import ExperimentConfig
 from viral.data.llava import LlavaCollator, LlavaDataset
 from viral.data.templates import IMAGE_TOKEN, resolve_template
 from viral.resilience import NonFiniteGuard
-from viral.train import (
-    METRICS_NAME,
-    RUN_CONFIG_NAME,
-    MetricsJsonlCallback,
-    ViralTrainer,
-    training_arguments,
-    trim_metrics,
-)
+from viral.runs import METRICS_NAME, RUN_CONFIG_NAME, MetricsJsonlCallback, trim_metrics
+from viral.train import ViralTrainer, training_arguments
 
 from .build import build_vlora
 from .model import VLoRAModel
@@ -95,7 +89,7 @@ def configure_vlora_trainable(config: ExperimentConfig, model: VLoRAModel) -> No
 
 
 def build_vlora_trainer(config: ExperimentConfig) -> tuple[ViralTrainer, dict[str, Any]]:
-    """Trainer and export parts for `connector: vlora` (called by `viral.train.build_trainer`)."""
+    """Trainer and export parts for `connector: vlora` (`viral.train.build_trainer` dispatches here)."""
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     dtype = torch.bfloat16 if config.train.bf16 else torch.float32
     # model.model_path naming a VLoRA run (e.g. the pre-training stage's) continues from it

@@ -1,4 +1,4 @@
-"""Run independent jobs side by side: `run_parallel(function, calls, jobs)`.
+"""Run independent jobs side by side: `run_parallel(function, calls, jobs)` (data generation, study runs).
 
 With `jobs` > 1 every call runs in its own spawned process with one torch thread (`threads=1` is passed
 to the function), which on a small CPU beats one process with several threads for these tiny models.
