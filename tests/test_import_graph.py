@@ -1,4 +1,4 @@
-"""The import graph is a clean stack: config/data -> model/align -> train/infer -> analysis/study -> commands.
+"""The import graph is a clean stack: config/data -> model/align -> train/infer -> analysis/study -> report/commands.
 
 Every `viral` import in every module counts, including imports inside functions: a lower layer never
 imports a higher one, no two modules import each other (directly or round a loop), and analysis and
@@ -15,10 +15,11 @@ SRC = Path(viral.__file__).parent
 # (layer, module prefixes); the longest matching prefix decides a module's layer
 LAYERS = [
     (0, ["viral", "viral.errors", "viral.config", "viral.data", "viral.parallel"]),
-    (1, ["viral.model", "viral.align", "viral.connectors", "viral.runs", "viral.resilience", "viral.vlora"]),
+    (1, ["viral.model", "viral.families", "viral.align", "viral.connectors", "viral.runs", "viral.resilience",
+         "viral.vlora"]),
     (2, ["viral.train", "viral.infer", "viral.vlora.train", "viral.vlora.predict", "viral.evaluate"]),
     (3, ["viral.analysis", "viral.study", "viral.sweep"]),
-    (4, ["viral.commands", "viral.cli", "viral.demo"]),
+    (4, ["viral.report", "viral.commands", "viral.cli", "viral.demo"]),
 ]
 
 
