@@ -79,3 +79,11 @@ def test_a_model_path_without_a_checkpoint_is_a_user_error(tmp_path, capsys, mon
     assert main(["infer", "--model-path", str(tmp_path), "--prompt", "hi"]) == 2  # a folder, but no weights
     [line] = error_lines(capsys.readouterr().err)
     assert line.startswith(f"viral: error: cannot load a model from {tmp_path}: ")
+
+
+def test_command_argument_mistakes_use_the_same_one_line_form(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VIRAL_DEBUG", raising=False)
+    assert main(["shapes", "generate", "--out", str(tmp_path), "--train", "1", "--eval", "0",
+                 "--types", "no-such-type"]) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert line.startswith("viral: error: shapes generate: ") and "no-such-type" in line

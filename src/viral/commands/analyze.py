@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from viral.errors import UserError
+
 
 def _labels(paths: list[str]) -> list[str]:
     """Short names for checkpoints: the folder name, made unique with an index when needed."""
@@ -30,7 +32,7 @@ def _image(path: str):
     from PIL import Image
 
     if not Path(path).is_file():
-        raise SystemExit(f"--image {path}: no such file")
+        raise UserError(f"--image {path}: no such file")
     return Image.open(path).convert("RGB")
 
 
@@ -88,7 +90,7 @@ def run_attention(args) -> int:
         return _done(write_json({"data": str(args.data), "results": results}, out / "attention_entropy.json"),
                      out / "attention_entropy.png")
     if not args.image:
-        raise SystemExit("viral analyze attention needs --image (with --prompt) or --data")
+        raise UserError("viral analyze attention needs --image (with --prompt) or --data")
     image = _image(args.image)
     prompt = args.prompt or "Describe the image."
     written, results = [], {}

@@ -42,6 +42,7 @@ def register(subparsers) -> None:
 
 def run_generate(args) -> int:
     from viral.data.shapes import MAX_OBJECTS, generate
+    from viral.errors import UserError
 
     types = [t.strip() for t in args.types.split(",") if t.strip()] if args.types else None
     max_objects = MAX_OBJECTS if args.max_objects is None else args.max_objects
@@ -49,7 +50,7 @@ def run_generate(args) -> int:
         out = generate(args.out, seed=args.seed, n_train=args.train, n_eval=args.eval, size=args.size,
                        turns=args.turns, max_objects=max_objects, types=types, jobs=args.jobs)
     except ValueError as error:
-        raise SystemExit(f"viral shapes generate: {error}") from None
+        raise UserError(f"shapes generate: {error}") from error
     print(f"ShapesWorld written to {out}")
     return 0
 
