@@ -24,5 +24,10 @@ def run_parallel(function: Callable, calls: list[tuple], jobs: int = 1) -> list[
 
 
 def _log_like_parent(level: int) -> None:
-    """A spawned worker logs progress (encoder steps, run starts) to stderr like the parent process."""
+    """A spawned worker logs progress (encoder steps, run starts) to stderr like the parent process, and
+    draws no progress bars of its own (transformers' loading and saving bars): several workers' bars
+    would interleave on one terminal; the parent shows the progress."""
     logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
