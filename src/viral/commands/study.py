@@ -6,8 +6,9 @@ import argparse
 
 DESCRIPTION = """\
 Runs the whole ShapesWorld study: the world (OUT/shapes, reused), stage 0 (OUT/encoders: the student
-vision tower with a global objective, the teacher VFM with a dense one, reused), then per seed stage 1
-(projector pre-training on captions) and stage 2 twice from the same weights and data order -
+vision tower with a global objective, the teacher VFM with a dense one, reused; their patch probes run
+beside the next stages), then per seed the LLM on the world's text alone, stage 1 (projector
+pre-training on captions) and stage 2 twice from the same weights and data order -
 baseline and VIRAL (teacher = the stage-0 teacher) - and ShapesBench on both. Writes OUT/study.json,
 OUT/study.md and OUT/study.png: per question type each arm's mean ± std over seeds and the paired
 tests of the difference. Finished runs are reused and interrupted ones resume.
@@ -23,6 +24,8 @@ def add_study_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> 
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"stage-2 config (default {DEFAULT_CONFIG})")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="overrides of the config for every stage, e.g. model.hidden_size=256")
+    parser.add_argument("--language-steps", type=int, default=None,
+                        help="steps of the LLM on the world's text before stage 1 (0: none, the LLM starts random)")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="stage-1 steps")
     parser.add_argument("--finetune-steps", type=int, default=None, help="stage-2 steps (default: the config's)")
     parser.add_argument("--train-images", type=int, default=None, help="ShapesWorld training images")
@@ -56,7 +59,7 @@ def settings_from_args(args, seeds: list[int], defaults: dict | None = None):
     from viral.study.pipeline import StudySettings
 
     settings = StudySettings(seeds=seeds, config=args.config, overrides=list(args.overrides), **(defaults or {}))
-    for flag, name in (("pretrain_steps", "pretrain_steps"), ("finetune_steps", "finetune_steps"),
+    for flag, name in (("language_steps", "language_steps"), ("pretrain_steps", "pretrain_steps"), ("finetune_steps", "finetune_steps"),
                        ("train_images", "n_train"), ("eval_images", "n_eval"), ("eval_limit", "eval_limit"),
                        ("jobs", "jobs"), ("question_types", "question_types")):
         if getattr(args, flag) is not None:
