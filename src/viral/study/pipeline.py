@@ -37,6 +37,7 @@ from transformers import TrainerCallback
 from viral.config import ConfigError, config_from_dict, load_config
 from viral.data.shapes import TEXT_CORPUS
 from viral.parallel import run_parallel
+from viral.runs import METRICS_NAME
 from viral.study.encoders import STUDENT_DIR, TEACHER_DIR, EncoderSettings, probe_encoders, train_encoders
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class RunsProgress:
 
     def __init__(self, label: str, runs: list[dict[str, Any]], every: float = 2.0):
         self.label, self.every = label, every
-        self.files = [Path(config["output_dir"]) / "metrics.jsonl" for config in runs]
+        self.files = [Path(config["output_dir"]) / METRICS_NAME for config in runs]
         self.total = sum(int(config["train"]["max_steps"]) for config in runs)
         self._stop = None
 
