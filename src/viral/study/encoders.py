@@ -65,7 +65,9 @@ class EncoderSettings:
     probe_train: int = 2000  # images the probes and the linear map are fitted on
     probe_test: int = 1000  # eval images they are scored on
     probe_steps: int = 1500  # 600 left the teacher's position probe at 45 (84 after 2000 steps)
-    teacher_centre_weight: float = 1.0  # 10 drowned the shape objective (object-patch shape accuracy 29%)  # weight of the teacher's object-centre regression (0: shape and colour only)
+    # weight of the teacher's object-centre regression (0: shape and colour only); 10 drowned the shape
+    # objective (object-patch shape accuracy 29%)
+    teacher_centre_weight: float = 1.0
     seed: int = 0
 
 
@@ -312,15 +314,17 @@ def teacher_objective(model, heads, split: WorldSplit, settings: EncoderSettings
 
 def save_student(model, out: Path, image_size: int) -> Path:
     model.save_pretrained(out)
-    make_image_processor("CLIPImageProcessor", size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-                       image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(out)
+    make_image_processor("CLIPImageProcessor", size={"shortest_edge": image_size},
+                         crop_size={"height": image_size, "width": image_size},
+                         image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(out)
     return out
 
 
 def save_teacher(model, out: Path, image_size: int) -> Path:
     model.save_pretrained(out)
-    make_image_processor("BitImageProcessor", size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-                      image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(out)
+    make_image_processor("BitImageProcessor", size={"shortest_edge": image_size},
+                         crop_size={"height": image_size, "width": image_size},
+                         image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(out)
     return out
 
 
@@ -357,8 +361,9 @@ def stage0_encoder(kind: str, data_dir: str, out: str, settings_dict: dict[str, 
         save_teacher(model, folder, settings.teacher_image_size)
         _save_heads({"shape": heads[0], "colour": heads[1], "centre": heads[2]}, folder)
         section = {"architecture": "Dinov2Model", "image_size": settings.teacher_image_size,
-                   "objective": "dense: per-patch shape and colour fractions from the label maps"
-                                + (", and the centre of the patch's object" if settings.teacher_centre_weight else ""),
+                   "objective": ("dense: per-patch shape and colour fractions from the label maps"
+                                 + (", and the centre of the patch's object" if settings.teacher_centre_weight
+                                    else "")),
                    "eval": teacher_objective(model, heads, evaluation, settings)}
     else:
         raise ValueError(f"unknown stage-0 encoder {kind!r}; choose student or teacher")

@@ -105,7 +105,8 @@ def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
 def stage_configs(settings: StudySettings, seed: int, data_dir: Path, encoders_dir: Path,
                   seed_dir: Path) -> dict[str, dict[str, Any]]:
     """Resolved config dicts of one seed's runs: `pretrain`, `baseline`, `viral`."""
-    common = list(settings.overrides) + [f"train.seed={seed}"]
+    # progress: one bar in the study's process (RunsProgress) over the runs, none of their own
+    common = list(settings.overrides) + [f"train.seed={seed}", "train.disable_tqdm=true"]
     if settings.finetune_steps is not None:
         common.append(f"train.max_steps={settings.finetune_steps}")
     viral = load_config(settings.config, common)
@@ -373,9 +374,6 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
     # for a lone stage-1 run, and the two arms of a seed still start from the same stage-1 weights
     logger.info("stage 1 (%sprojector pre-training), seeds %s",
                 "the LLM on the world's text, then " if settings.language_steps else "", settings.seeds)
-    for seed_configs in configs.values():  # progress: one bar in this process (RunsProgress), none per run
-        for config in seed_configs.values():
-            config["train"]["disable_tqdm"] = True
     first_calls = [({stage: configs[seed][stage] for stage in FIRST_STAGES if stage in configs[seed]},)
                    for seed in settings.seeds]
     # the encoders' probes run beside the seeds' first stages (they need only the frozen encoders)
