@@ -2,12 +2,17 @@
 
 - The **student** (CLIP vision architecture) is trained with a *global* objective only: from its pooled
   output, predict which (shape, colour) pairs are present (multi-label, binary cross-entropy) -
-  nothing about counts or positions, the analogue of CLIP's image-level supervision.
+  nothing about counts or positions, the analogue of CLIP's image-level supervision. Its position
+  embeddings start as CLIP's own (random, 0.02 std) and nothing asks it to keep them, so its patch
+  features say little about where they are; the LLM still sees the image tokens in raster order.
 - The **teacher** (DINOv2 architecture) is trained with a *dense* objective: from every patch token,
   predict the fraction of the patch covered by each shape and by each colour (soft cross-entropy
   against the label maps pooled to the patch grid) and where in the image the patch's object is (its
   centre, regressed from every patch the object covers), the analogue of a dense foundation model whose
-  patch features carry spatial structure that a global objective leaves out.
+  patch features carry spatial structure that a global objective leaves out. Its saved features are
+  standardised per dimension (folded into its final layer norm): raw, one shared direction dominated
+  them (a constant vector reached cosine 0.84 with every patch), so a cosine alignment loss was nearly
+  satisfied without learning anything about the image.
 
 Both are saved in transformers format with their own image processors: `OUT/student` (a
 `CLIPVisionModel`, usable as `model.vision_tower_path`) and `OUT/teacher` (a `Dinov2Model`, usable as
@@ -68,6 +73,11 @@ class EncoderSettings:
     # weight of the teacher's object-centre regression (0: shape and colour only); 10 drowned the shape
     # objective (object-patch shape accuracy 29%)
     teacher_centre_weight: float = 1.0
+    # the student's initial positions: "random" (CLIP's own init; a global objective leaves its patch features
+    # with little position) or "sincos" (fixed 2-D sine-cosine start, kept by every patch)
+    student_positions: str = "random"
+    # fold per-dimension standardisation of the teacher's patch features into its final layer norm
+    teacher_standardise: bool = True
     seed: int = 0
 
 
@@ -160,10 +170,10 @@ def _log_every(steps: int) -> int:
 def sincos_positions(grid: int, dim: int) -> torch.Tensor:
     """2-D sine-cosine position embeddings `[1 + grid*grid, dim]` (MAE style; a zero row for CLS).
 
-    Both encoders start from these instead of the default 0.02-std random positions: with those,
-    a small ViT trained from scratch on an objective that never needs position keeps almost none
-    (its patch features do not even predict their own row or column), unlike pretrained CLIP or
-    DINOv2, and nothing downstream could tell left from right.
+    The teacher starts from these (and the student with `student_positions="sincos"`) instead of the
+    default 0.02-std random positions: with those, a small ViT trained from scratch on an objective that
+    never needs position keeps almost none (its patch features do not even predict their own row or
+    column).
     """
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # [D/4]
@@ -187,9 +197,12 @@ def build_student(settings: EncoderSettings, image_size: int):
         image_size=image_size, patch_size=settings.patch_size, projection_dim=settings.hidden_size,
     )
     model = CLIPVisionModel(config)
-    with torch.no_grad():
-        model.embeddings.position_embedding.weight.copy_(
-            sincos_positions(image_size // settings.patch_size, settings.hidden_size))
+    if settings.student_positions == "sincos":
+        with torch.no_grad():
+            model.embeddings.position_embedding.weight.copy_(
+                sincos_positions(image_size // settings.patch_size, settings.hidden_size))
+    elif settings.student_positions != "random":
+        raise ValueError(f"student_positions {settings.student_positions!r}: choose random or sincos")
     return model
 
 
@@ -276,6 +289,30 @@ def train_teacher(train: WorldSplit, settings: EncoderSettings):
     return model, (shape_head, colour_head, centre_head), curve
 
 
+@torch.no_grad()
+def standardise_teacher(model, heads, pixels: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
+    """Make the teacher's patch features zero-mean, unit-variance per dimension on `pixels` `[n, 3, S, S]`,
+    by folding the affine map into its final layer norm (and the inverse into the objective's heads, so
+    they read the new features as they read the old). Returns the features' constant-target cosine
+    before and after (the mean cosine of every patch with the best single vector)."""
+    tokens = torch.cat([model(pixel_values=p).last_hidden_state[:, 1:] for p in pixels.split(batch_size)])
+    tokens = tokens.flatten(0, 1)  # [n*N, D]
+    mean, std = tokens.mean(0), tokens.std(0).clamp_min(1e-6)  # [D]
+    norm = model.layernorm
+    norm.weight.div_(std)
+    norm.bias.sub_(mean).div_(std)
+    for head in heads:  # head(x) = W x + b with x = std * x' + mean
+        head.bias.add_(head.weight @ mean)
+        head.weight.mul_(std[None])
+
+    def constant_cosine(x):  # x: [M, D]
+        unit = F.normalize(x, dim=-1)
+        return round(float((unit @ F.normalize(unit.mean(0), dim=0)).mean()), 4)
+
+    return {"constant_target_cosine_raw": constant_cosine(tokens),
+            "constant_target_cosine": constant_cosine((tokens - mean) / std)}
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against a distribution over classes, `[..., C]`, averaged over all leading dims."""
     return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
@@ -358,6 +395,11 @@ def stage0_encoder(kind: str, data_dir: str, out: str, settings_dict: dict[str, 
                    "eval": student_objective(model, head, evaluation)}
     elif kind == "teacher":
         model, heads, curve = train_teacher(train, settings)
+        standardised = None
+        if settings.teacher_standardise:
+            sample = train.images[:settings.probe_train]
+            standardised = standardise_teacher(model, heads, normalise(
+                resize_images(sample, settings.teacher_image_size), IMAGENET_MEAN, IMAGENET_STD))
         save_teacher(model, folder, settings.teacher_image_size)
         _save_heads({"shape": heads[0], "colour": heads[1], "centre": heads[2]}, folder)
         section = {"architecture": "Dinov2Model", "image_size": settings.teacher_image_size,
@@ -365,6 +407,8 @@ def stage0_encoder(kind: str, data_dir: str, out: str, settings_dict: dict[str, 
                                  + (", and the centre of the patch's object" if settings.teacher_centre_weight
                                     else "")),
                    "eval": teacher_objective(model, heads, evaluation, settings)}
+        if standardised:
+            section["standardised"] = standardised
     else:
         raise ValueError(f"unknown stage-0 encoder {kind!r}; choose student or teacher")
     section.update({"path": str(folder), "curve": curve, "seconds": round(time.time() - start, 1),

@@ -9,8 +9,10 @@ Probes (fitted on training images, scored on eval images, chance = the training 
 - `count`: "how many objects of shape s" (7 classes, 0..6), queried by s;
 - `position`: "which 3x3 cell holds the (shape, colour) object", for objects unique in their image;
 - each with a patch-level probe - a query-conditioned gated-sum attention probe over the patch tokens
-  (token MLP plus the probe's own position embedding; sigmoid weights, so it can count) - and, for
-  reference, a pooled linear probe (mean-pooled tokens, one linear map per query).
+  (token MLP, one self-attention block, sigmoid weights so it can count; no position embedding of its
+  own, so it reads only where the features themselves say a patch is - the question is what the
+  features carry, and the LLM sees the tokens' order through its own positions in both arms alike) -
+  and, for reference, a pooled linear probe (mean-pooled tokens, one linear map per query).
 
 Diagnostics of how much the teacher can add (mean cosine with the teacher's patch features on eval
 images): `constant_target_cosine` - the best single vector for every patch; `student_linear_map_cosine`
@@ -96,13 +98,12 @@ TASKS = {
 
 
 class GatedAttentionProbe(nn.Module):
-    """Patch tokens -> token MLP + the probe's own positions -> one self-attention block over the patches
+    """Patch tokens -> token MLP -> one self-attention block over the patches (no positions of its own)
     -> query-conditioned pooling sum_i sigmoid(k_i . q) v_i / N -> MLP classifier."""
 
-    def __init__(self, dim: int, num_tokens: int, num_queries: int, num_classes: int, width: int = 32):
+    def __init__(self, dim: int, num_queries: int, num_classes: int, width: int = 32):
         super().__init__()
         self.token_mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, width), nn.GELU(), nn.Linear(width, width))
-        self.position = nn.Parameter(torch.randn(num_tokens, width) * 0.02)  # the probe's own positions
         self.block = nn.TransformerEncoderLayer(width, nhead=4, dim_feedforward=2 * width, dropout=0.0,
                                                 batch_first=True, norm_first=True)
         self.key, self.value = nn.Linear(width, width), nn.Linear(width, width)
@@ -111,7 +112,7 @@ class GatedAttentionProbe(nn.Module):
                                         nn.Linear(width, num_classes))
 
     def forward(self, tokens: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        hidden = self.block(self.token_mlp(tokens) + self.position)  # [B, N, W]
+        hidden = self.block(self.token_mlp(tokens))  # [B, N, W]
         q = self.query(query)  # [B, W]
         gates = torch.sigmoid((self.key(hidden) * q[:, None]).sum(-1) / hidden.shape[-1] ** 0.5)  # [B, N]
         pooled = (gates[..., None] * self.value(hidden)).mean(1)  # [B, W]
@@ -182,7 +183,7 @@ def run_probes(features: torch.Tensor, test_features: torch.Tensor, tasks: dict[
         # every probe starts from weights drawn from `seed`, whatever ran before in this process (a pool
         # worker's global RNG state depends on the calls it ran before: the probes read 72-81 across runs)
         torch.manual_seed(seed)
-        attention = GatedAttentionProbe(features.shape[-1], features.shape[1], num_queries, num_classes)
+        attention = GatedAttentionProbe(features.shape[-1], num_queries, num_classes)
         torch.manual_seed(seed)
         linear = PooledLinearProbe(features.shape[-1], num_queries, num_classes)
         results[name] = {
