@@ -217,3 +217,27 @@ def test_centre_targets_point_at_the_object_covering_each_patch_and_move_with_fl
     assert torch.allclose(grid_after[:, :, 0, 0], 1 - grid_before[:, :, 3, 0])  # mirrored place, mirrored x
     assert torch.allclose(grid_after[:, :, 0, 1], grid_before[:, :, 3, 1])  # y unchanged
     assert torch.equal(flipped_cover.view(-1, 4, 4), covered.view(-1, 4, 4).flip(2))
+
+
+def test_teacher_standardisation_folds_into_its_norm_and_heads_read_the_same():
+    from viral.study.encoders import build_teacher_model, standardise_teacher
+
+    settings = EncoderSettings(**TINY_ENCODERS)
+    torch.manual_seed(0)
+    model = build_teacher_model(settings).eval()
+    with torch.no_grad():  # a shared offset and uneven scales, as training leaves them
+        model.layernorm.bias.add_(torch.linspace(-2, 3, 32))
+        model.layernorm.weight.mul_(torch.linspace(0.2, 4, 32))
+    heads = [torch.nn.Linear(32, 4), torch.nn.Linear(32, 2)]
+    pixels = torch.randn(12, 3, 48, 48)
+    with torch.no_grad():
+        before = model(pixel_values=pixels).last_hidden_state[:, 1:]  # [12, 36, 32]
+        logits_before = [head(before) for head in heads]
+    cosines = standardise_teacher(model, heads, pixels)
+    with torch.no_grad():
+        after = model(pixel_values=pixels).last_hidden_state[:, 1:].flatten(0, 1)  # [12*36, 32]
+        for head, logits in zip(heads, logits_before):
+            assert torch.allclose(head(after.view(12, 36, 32)), logits, atol=1e-4)
+    assert torch.allclose(after.mean(0), torch.zeros(32), atol=1e-4)
+    assert torch.allclose(after.std(0), torch.ones(32), atol=1e-3)
+    assert cosines["constant_target_cosine_raw"] > 0.5 > abs(cosines["constant_target_cosine"])

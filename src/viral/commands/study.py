@@ -31,8 +31,8 @@ def add_study_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> 
     parser.add_argument("--train-images", type=int, default=None, help="ShapesWorld training images")
     parser.add_argument("--eval-images", type=int, default=None, help="ShapesBench images (one question per type)")
     parser.add_argument("--question-types", nargs="+", default=None, metavar="TYPE",
-                        help="question types of a new world (default count relation existence colour; "
-                             "position is opt-in)")
+                        help="question types of a new world (default: all five, count relation existence "
+                             "colour position)")
     parser.add_argument("--eval-limit", type=int, default=None, help="score only the first N questions")
     parser.add_argument("--encoder-steps", type=int, default=None, help="stage-0 steps of each encoder")
     parser.add_argument("--probe-steps", type=int, default=None, help="stage-0 steps of each probe")
