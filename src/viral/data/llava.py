@@ -7,7 +7,8 @@ naming the file, the record index and the field, or with `skip_bad_records` is d
 An image that cannot be read raises the same error when the record is loaded, or with
 `skip_bad_records` is dropped from its batch and counted in `num_skipped`.
 
-The conversation is rendered with a chat template piece by piece (prompt, answer, prompt, answer...),
+The conversation is rendered once with a chat template and split into pieces (prompt, answer, prompt,
+answer...) by locating each answer in the text (two renders per assistant turn where that is not safe),
 each piece tokenized separately so that labels mark exactly the assistant's answers. The single
 `<image>` token is then expanded to one token per image patch; truncation to `model_max_length`
 never cuts an image's tokens. A model family whose images have their own token counts (Qwen2-VL) passes
@@ -18,15 +19,18 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 from torch.utils.data import Dataset
 
 from viral.data.images import ImageLoadError, apply_aspect, load_image
-from viral.data.templates import IMAGE_TOKEN, render
+from viral.data.templates import IMAGE_TOKEN, render, user_message
 from viral.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -122,8 +126,23 @@ def to_messages(record: Any, file: str | Path, index: int) -> list[dict]:
     return messages
 
 
-def tokenize_conversation(tokenizer, template: str, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """Token ids and labels (IGNORE_INDEX except on assistant answers) of a rendered conversation."""
+@dataclass(frozen=True)
+class _AnswerWrapping:
+    """How a template renders an assistant answer after the conversation so far:
+    `generation_prompt` + `lead` + answer + `trail` (e.g. vicuna: 'ASSISTANT:' + ' ' + answer + '</s>')."""
+
+    generation_prompt: str
+    lead: str
+    trail: str
+
+
+_PROBE_ANSWER = "probe-answer-7f3c"
+# tokenizer -> template -> its answer wrapping, or None where only the two-renders-per-turn path is safe
+_WRAPPINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _pieces_by_turn(tokenizer, template: str, messages: list[dict]) -> list[tuple[str, bool]]:
+    """(text, is_answer) pieces from two renders per assistant turn: the prompt before it, then the full text."""
     pieces: list[tuple[str, bool]] = []
     cursor = 0
     for j, message in enumerate(messages):
@@ -135,6 +154,83 @@ def tokenize_conversation(tokenizer, template: str, messages: list[dict]) -> tup
             raise ValueError("the chat template is not prefix-stable; cannot find the assistant's tokens")
         pieces += [(prompt[cursor:], False), (full[len(prompt):], True)]
         cursor = len(full)
+    return pieces
+
+
+def _pieces_from_one_render(
+    tokenizer, template: str, messages: list[dict], wrapping: _AnswerWrapping
+) -> list[tuple[str, bool]] | None:
+    """The same pieces as `_pieces_by_turn` from one render of the whole conversation, or None when the
+    answers cannot be located for sure. Each answer is found as generation prompt + lead + answer + trail:
+    the k-th occurrence of generation prompt + lead (or, when that is empty, of the trail) starts (ends)
+    the k-th answer, which holds only if it occurs exactly once per answer; the last answer ends the text."""
+    answers = [message["content"] for message in messages if message["role"] == "assistant"]
+    if not answers or messages[-1]["role"] != "assistant" or not all(isinstance(a, str) for a in answers):
+        return None
+    marker = wrapping.generation_prompt + wrapping.lead
+    delimiter = marker or wrapping.trail
+    if not delimiter and len(answers) > 1:
+        return None
+    full = render(tokenizer, template, messages, add_generation_prompt=False)
+    if delimiter and full.count(delimiter) != len(answers):
+        return None  # the delimiter also occurs in a user's text or an answer: positions are ambiguous
+    pieces: list[tuple[str, bool]] = []
+    cursor = 0
+    for k, answer in enumerate(answers):
+        anchor = marker + answer + wrapping.trail
+        if k == len(answers) - 1:
+            found = len(full) - len(anchor)
+        elif marker:
+            found = full.find(marker, cursor)
+        else:
+            found = full.find(wrapping.trail, cursor) + len(wrapping.trail) - len(anchor)
+        if found < cursor or not full.startswith(anchor, found):
+            return None
+        start, end = found + len(wrapping.generation_prompt), found + len(anchor)
+        pieces += [(full[cursor:start], False), (full[start:end], True)]
+        cursor = end
+    return pieces
+
+
+def _answer_wrapping(tokenizer, template: str) -> _AnswerWrapping | None:
+    """The template's answer wrapping, learnt once per (tokenizer, template) from a probe conversation and
+    kept only if one render agrees with two renders per turn on a two-turn probe; None otherwise."""
+    per_template = _WRAPPINGS.setdefault(tokenizer, {})
+    if template not in per_template:
+        per_template[template] = _learn_answer_wrapping(tokenizer, template)
+    return per_template[template]
+
+
+def _learn_answer_wrapping(tokenizer, template: str) -> _AnswerWrapping | None:
+    question = user_message("probe question", with_image=False)
+    two_turns = [user_message("probe one", with_image=True), {"role": "assistant", "content": "probe two"},
+                 user_message("probe three", with_image=False), {"role": "assistant", "content": "probe four"}]
+    try:
+        before = render(tokenizer, template, [question], add_generation_prompt=False)
+        prompt = render(tokenizer, template, [question], add_generation_prompt=True)
+        full = render(tokenizer, template, [question, {"role": "assistant", "content": _PROBE_ANSWER}],
+                      add_generation_prompt=False)
+        if not (prompt.startswith(before) and full.startswith(prompt)) or full.count(_PROBE_ANSWER) != 1:
+            return None
+        lead, trail = full[len(prompt):].split(_PROBE_ANSWER)
+        wrapping = _AnswerWrapping(prompt[len(before):], lead, trail)
+        agrees = (_pieces_from_one_render(tokenizer, template, two_turns, wrapping)
+                  == _pieces_by_turn(tokenizer, template, two_turns))
+    except (ValueError, TemplateError):  # not prefix-stable, or the template rejects the probe
+        return None
+    return wrapping if agrees else None
+
+
+def tokenize_conversation(tokenizer, template: str, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """Token ids and labels (IGNORE_INDEX except on assistant answers) of a rendered conversation.
+
+    The conversation is rendered once and the answers located in the text; where that cannot be done for
+    sure (see `_pieces_from_one_render`), it is rendered twice per assistant turn instead. Either way the
+    pieces (prompt, answer, prompt, answer...) are tokenized separately, special tokens on the first only."""
+    wrapping = _answer_wrapping(tokenizer, template)
+    pieces = None if wrapping is None else _pieces_from_one_render(tokenizer, template, messages, wrapping)
+    if pieces is None:
+        pieces = _pieces_by_turn(tokenizer, template, messages)
     ids: list[int] = []
     labels: list[int] = []
     for k, (text, is_target) in enumerate(pieces):

@@ -32,7 +32,7 @@ VICUNA_SYSTEM = (
 
 
 def _roles_template(system: str | None) -> str:
-    head = "{{- '" + system + " ' -}}" if system else ""
+    head = "{{- " + repr(system + " ") + " -}}" if system else ""  # repr: a Jinja literal even with quotes
     return (
         _CONTENT_MACRO
         + head
