@@ -66,6 +66,20 @@ def test_stage0_is_reused_when_settings_match(stage0, small_world):
     assert again == report and (out / "student" / "model.safetensors").stat().st_mtime_ns == before
 
 
+def test_other_probe_settings_rerun_the_probes_not_the_encoders(stage0, small_world, tmp_path):
+    import shutil
+
+    out, report = stage0
+    copy = tmp_path / "encoders"
+    shutil.copytree(out, copy)
+    before = (copy / "student" / "model.safetensors").stat().st_mtime_ns
+    again = train_encoders(small_world, copy, EncoderSettings(**{**TINY_ENCODERS, "probe_steps": 4}))
+    assert (copy / "student" / "model.safetensors").stat().st_mtime_ns == before
+    assert again["settings"]["probe_steps"] == 4 and again["student"] == report["student"]
+    assert again["probes"]["steps"] == 4 and report["probes"]["steps"] == 3  # the probes ran again
+    assert json.loads((copy / "report.json").read_text()) == again
+
+
 def test_two_arm_mini_study(tmp_path, small_world, stage0):
     from viral.study.pipeline import StudySettings, run_study, stage_configs
     from viral.train import ALIGNMENT_HEAD_NAME, build_trainer

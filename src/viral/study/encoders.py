@@ -18,7 +18,7 @@ Both are saved in transformers format with their own image processors: `OUT/stud
 `CLIPVisionModel`, usable as `model.vision_tower_path`) and `OUT/teacher` (a `Dinov2Model`, usable as
 `align.vra_target`, loaded through the teacher registry like any DINOv2). `OUT/report.json` holds the
 training curves, each encoder's own objective on the eval split, the patch-level probes and the
-alignment diagnostics (`viral.study.probes`). A folder whose report has the same settings is reused.
+alignment diagnostics (`viral.study.probes`). A folder whose report has the same training settings is reused (other probe settings re-run the probes only).
 """
 
 from __future__ import annotations
@@ -366,6 +366,8 @@ def save_teacher(model, out: Path, image_size: int) -> Path:
 
 
 OBJECTIVE_HEAD_NAME = "objective_head.safetensors"
+STANDARDISE_IMAGES = 2000  # training images whose patch features set the teacher's standardisation
+PROBE_FIELDS = ("probe_train", "probe_test", "probe_steps")  # settings of the probes, not of the encoders
 
 
 def _save_heads(heads: dict[str, nn.Module], folder: Path) -> None:
@@ -397,7 +399,7 @@ def stage0_encoder(kind: str, data_dir: str, out: str, settings_dict: dict[str, 
         model, heads, curve = train_teacher(train, settings)
         standardised = None
         if settings.teacher_standardise:
-            sample = train.images[:settings.probe_train]
+            sample = train.images[:STANDARDISE_IMAGES]
             standardised = standardise_teacher(model, heads, normalise(
                 resize_images(sample, settings.teacher_image_size), IMAGENET_MEAN, IMAGENET_STD))
         save_teacher(model, folder, settings.teacher_image_size)
@@ -416,14 +418,20 @@ def stage0_encoder(kind: str, data_dir: str, out: str, settings_dict: dict[str, 
     return section
 
 
+def _training_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in PROBE_FIELDS}
+
+
 def encoders_ready(out: str | Path, settings: EncoderSettings | None = None) -> bool:
-    """True when `out` holds both encoders and a report written with `settings` (any, when None)."""
+    """True when `out` holds both encoders trained with `settings` (any, when None; the probe settings
+    do not count: other probe settings re-run only the probes)."""
     out = Path(out)
     report = out / REPORT_NAME
     if not (report.is_file() and (out / STUDENT_DIR / "config.json").is_file()
             and (out / TEACHER_DIR / "config.json").is_file()):
         return False
-    return settings is None or json.loads(report.read_text()).get("settings") == asdict(settings)
+    return settings is None or (_training_settings(json.loads(report.read_text()).get("settings", {}))
+                                == _training_settings(asdict(settings)))
 
 
 def train_encoders(data_dir: str | Path, out: str | Path, settings: EncoderSettings | None = None,
@@ -439,6 +447,12 @@ def train_encoders(data_dir: str | Path, out: str | Path, settings: EncoderSetti
     if not force and encoders_ready(out, settings):
         logger.info("reusing the stage-0 encoders in %s", out)
         report = json.loads((out / REPORT_NAME).read_text())
+        if report["settings"] != asdict(settings):  # other probe settings: the probes run again
+            report["settings"] = asdict(settings)
+            for key in ("probes", "diagnostics"):
+                report.pop(key, None)
+            report["seconds"].pop("probes", None)
+            (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
     else:
         start = time.time()
         calls = [(kind, str(data_dir), str(out), asdict(settings)) for kind in ("student", "teacher")]

@@ -235,7 +235,7 @@ def encoder_probes(student_dir: str | Path, teacher_dir: str | Path, data_dir: s
     student, teacher = run_parallel(run_probes, [(z_train, z_test, tasks, steps, seed),
                                                  (y_train, y_test, tasks, steps, seed)], jobs)
     return {
-        "probes": {"student": student, "teacher": teacher, "fitted_on_images": len(train),
+        "probes": {"student": student, "teacher": teacher, "steps": steps, "fitted_on_images": len(train),
                    "scored_on_images": len(test),
                    "features": {"student": "vision features z (layer -2, CLS dropped)",
                                 "teacher": "VRA targets through the teacher registry"}},
