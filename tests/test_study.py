@@ -255,3 +255,16 @@ def test_teacher_standardisation_folds_into_its_norm_and_heads_read_the_same():
     assert torch.allclose(after.mean(0), torch.zeros(32), atol=1e-4)
     assert torch.allclose(after.std(0), torch.ones(32), atol=1e-3)
     assert cosines["constant_target_cosine_raw"] > 0.5 > abs(cosines["constant_target_cosine"])
+
+
+def test_the_student_starts_from_clip_random_positions_unless_asked_for_sincos():
+    from viral.study.encoders import build_student, sincos_positions
+
+    settings = dict(TINY_ENCODERS)
+    torch.manual_seed(0)
+    random = build_student(EncoderSettings(**settings), 32).embeddings.position_embedding.weight
+    sincos = build_student(EncoderSettings(**settings, student_positions="sincos"), 32)
+    assert torch.equal(sincos.embeddings.position_embedding.weight, sincos_positions(4, 32))
+    assert random.std() < 0.05 and not torch.allclose(random, sincos_positions(4, 32), atol=0.1)
+    with pytest.raises(ValueError, match="student_positions"):
+        build_student(EncoderSettings(**settings, student_positions="learned"), 32)
