@@ -18,7 +18,8 @@ Both are saved in transformers format with their own image processors: `OUT/stud
 `CLIPVisionModel`, usable as `model.vision_tower_path`) and `OUT/teacher` (a `Dinov2Model`, usable as
 `align.vra_target`, loaded through the teacher registry like any DINOv2). `OUT/report.json` holds the
 training curves, each encoder's own objective on the eval split, the patch-level probes and the
-alignment diagnostics (`viral.study.probes`). A folder whose report has the same training settings is reused (other probe settings re-run the probes only).
+alignment diagnostics (`viral.study.probes`). A folder whose report has the same training settings is
+reused (other probe settings re-run the probes only).
 """
 
 from __future__ import annotations
@@ -307,13 +308,10 @@ def standardise_teacher(model, heads, pixels: torch.Tensor, batch_size: int = 25
     for head in heads:  # head(x) = W x + b with x = std * x' + mean
         head.bias.add_(head.weight @ mean)
         head.weight.mul_(std[None])
+    from viral.study.probes import constant_target_cosine
 
-    def constant_cosine(x):  # x: [M, D]
-        unit = F.normalize(x, dim=-1)
-        return round(float((unit @ F.normalize(unit.mean(0), dim=0)).mean()), 4)
-
-    return {"constant_target_cosine_raw": constant_cosine(tokens),
-            "constant_target_cosine": constant_cosine((tokens - mean) / std)}
+    return {"constant_target_cosine_raw": round(constant_target_cosine(tokens), 4),
+            "constant_target_cosine": round(constant_target_cosine((tokens - mean) / std), 4)}
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -199,12 +199,19 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.double(), dim=-1)
 
 
+def constant_target_cosine(fit: torch.Tensor, score: torch.Tensor | None = None) -> float:
+    """Mean cosine of the vectors `score` `[M, D]` (default: `fit`) with the best single vector for
+    `fit` `[M', D]` (the mean of its unit vectors, normalised)."""
+    fit = F.normalize(fit, dim=-1)
+    score = fit if score is None else F.normalize(score, dim=-1)
+    return float((score @ F.normalize(fit.mean(0), dim=0)).mean())
+
+
 def alignment_diagnostics(student: torch.Tensor, teacher: torch.Tensor, test_student: torch.Tensor,
                           test_teacher: torch.Tensor, ridge: float = 1e-3) -> dict[str, float]:
     """Mean cosine with the teacher's eval patch features of the best constant and of a linear map of z."""
     targets, test_targets = _unit(teacher.flatten(0, 1)), _unit(test_teacher.flatten(0, 1))  # [n*N, D_y]
-    constant = F.normalize(targets.mean(0), dim=0)
-    constant_cosine = float((test_targets @ constant).mean())
+    constant_cosine = constant_target_cosine(targets, test_targets)
 
     def design(z):
         z = z.flatten(0, 1).double()
