@@ -1,5 +1,6 @@
 # make demo: the main job on the built-in default.  make test: the test suite.  make bench: benchmarks.
-# Both create .venv and install what they need on first use.
+# Each creates .venv and installs what it needs on first use: demo and bench the package alone, test (and
+# install) the package with its test extras.
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
@@ -9,12 +10,15 @@ DEMO_DIR ?= runs/demo
 $(VENV)/.installed: pyproject.toml scripts/setup-venv.sh
 	bash scripts/setup-venv.sh
 
-install: $(VENV)/.installed
+$(VENV)/.installed-dev: pyproject.toml scripts/setup-venv.sh
+	bash scripts/setup-venv.sh --dev
+
+install: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/viral demo --out $(DEMO_DIR)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-dev
 	$(PY) -m pytest tests
 
 bench: $(VENV)/.installed
