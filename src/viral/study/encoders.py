@@ -108,15 +108,18 @@ def presence_targets(split: WorldSplit) -> torch.Tensor:
     return targets
 
 
-def dense_targets(split: WorldSplit, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fraction of each patch covered by each shape id and each colour id: `[n, g*g, 4]`, `[n, g*g, 5]`."""
-    labels = torch.from_numpy(split.labels.astype(np.int64))  # [n, S, S, 2]
-    out = []
-    for channel, classes in ((0, NUM_SHAPE_CLASSES), (1, NUM_COLOUR_CLASSES)):
-        one_hot = F.one_hot(labels[..., channel], classes).permute(0, 3, 1, 2).float()  # [n, C, S, S]
-        pooled = F.adaptive_avg_pool2d(one_hot, grid)  # [n, C, g, g]
-        out.append(pooled.flatten(2).transpose(1, 2))  # [n, g*g, C]
-    return out[0], out[1]
+def dense_targets(split: WorldSplit, grid: int, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fraction of each patch covered by each shape id and each colour id: `[n, g*g, 4]`, `[n, g*g, 5]`.
+
+    Computed `chunk` images at a time: one-hot maps of the whole split at once are gigabytes and slow."""
+    shapes, colours = [], []
+    for start in range(0, len(split), chunk):
+        labels = torch.from_numpy(split.labels[start:start + chunk].astype(np.int64))  # [c, S, S, 2]
+        for channel, classes, out in ((0, NUM_SHAPE_CLASSES, shapes), (1, NUM_COLOUR_CLASSES, colours)):
+            one_hot = F.one_hot(labels[..., channel], classes).permute(0, 3, 1, 2).float()  # [c, C, S, S]
+            pooled = F.adaptive_avg_pool2d(one_hot, grid)  # [c, C, g, g]
+            out.append(pooled.flatten(2).transpose(1, 2))  # [c, g*g, C]
+    return torch.cat(shapes), torch.cat(colours)
 
 
 def centre_targets(split: WorldSplit, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,6 +172,32 @@ def _schedule(optimizer, steps: int):
 
 def _log_every(steps: int) -> int:
     return max(1, steps // 5)
+
+
+PROGRESS_NAME = "metrics.jsonl"  # in each encoder's folder: `{"step": k}` every PROGRESS_EVERY steps
+PROGRESS_EVERY = 50
+
+
+class StepLog:
+    """An encoder's training steps: the loss curve (also logged, at debug level when `quiet`) and the step
+    reached, appended to `progress_file` for a progress bar drawn by another process."""
+
+    def __init__(self, name: str, steps: int, progress_file: Path | None = None, quiet: bool = False):
+        self.name, self.steps, self.file, self.quiet = name, steps, progress_file, quiet
+        self.curve: list[dict[str, float]] = []
+        if self.file is not None:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            self.file.write_text("")
+
+    def __call__(self, step: int, loss: torch.Tensor) -> None:
+        last = step == self.steps - 1
+        if step % _log_every(self.steps) == 0 or last:
+            self.curve.append({"step": step, "loss": round(loss.item(), 5)})
+            logger.log(logging.DEBUG if self.quiet else logging.INFO, "%s step %d loss %.4f", self.name, step,
+                       loss.item())
+        if self.file is not None and ((step + 1) % PROGRESS_EVERY == 0 or last):
+            with self.file.open("a") as handle:
+                handle.write(json.dumps({"step": step + 1}) + "\n")
 
 
 def sincos_positions(grid: int, dim: int) -> torch.Tensor:
@@ -225,8 +254,9 @@ def build_teacher_model(settings: EncoderSettings):
     return model
 
 
-def train_student(train: WorldSplit, settings: EncoderSettings):
+def train_student(train: WorldSplit, settings: EncoderSettings, log: StepLog | None = None):
     """The CLIP-architecture tower trained on presence of (shape, colour) pairs; returns (model, head, curve)."""
+    log = log or StepLog("student", settings.student_steps)
     torch.manual_seed(settings.seed)
     model = build_student(settings, train.size)
     head = nn.Linear(settings.hidden_size, len(SHAPES) * len(COLOURS))
@@ -236,7 +266,6 @@ def train_student(train: WorldSplit, settings: EncoderSettings):
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.01)
     scheduler = _schedule(optimizer, settings.student_steps)
     generator = torch.Generator().manual_seed(settings.seed)
-    curve = []
     model.train()
     for step in range(settings.student_steps):
         index = torch.randint(len(pixels), (settings.batch_size,), generator=generator)
@@ -247,15 +276,14 @@ def train_student(train: WorldSplit, settings: EncoderSettings):
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if step % _log_every(settings.student_steps) == 0 or step == settings.student_steps - 1:
-            curve.append({"step": step, "loss": round(loss.item(), 5)})
-            logger.info("student step %d loss %.4f", step, loss.item())
+        log(step, loss)
     model.eval()
-    return model, head, curve
+    return model, head, log.curve
 
 
-def train_teacher(train: WorldSplit, settings: EncoderSettings):
+def train_teacher(train: WorldSplit, settings: EncoderSettings, log: StepLog | None = None):
     """The DINOv2-architecture model trained on per-patch shape and colour; returns (model, heads, curve)."""
+    log = log or StepLog("teacher", settings.teacher_steps)
     torch.manual_seed(settings.seed + 1)
     model = build_teacher_model(settings)
     grid = settings.teacher_image_size // settings.patch_size
@@ -269,7 +297,6 @@ def train_teacher(train: WorldSplit, settings: EncoderSettings):
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.01)
     scheduler = _schedule(optimizer, settings.teacher_steps)
     generator = torch.Generator().manual_seed(settings.seed + 1)
-    curve = []
     model.train()
     for step in range(settings.teacher_steps):
         index = torch.randint(len(pixels), (settings.batch_size,), generator=generator)
@@ -286,11 +313,9 @@ def train_teacher(train: WorldSplit, settings: EncoderSettings):
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if step % _log_every(settings.teacher_steps) == 0 or step == settings.teacher_steps - 1:
-            curve.append({"step": step, "loss": round(loss.item(), 5)})
-            logger.info("teacher step %d loss %.4f", step, loss.item())
+        log(step, loss)
     model.eval()
-    return model, (shape_head, colour_head, centre_head), curve
+    return model, (shape_head, colour_head, centre_head), log.curve
 
 
 @torch.no_grad()
@@ -379,25 +404,31 @@ def _save_heads(heads: dict[str, nn.Module], folder: Path) -> None:
                for k, v in head.state_dict().items()}, str(folder / OBJECTIVE_HEAD_NAME))
 
 
-def stage0_encoder(kind: str, data_dir: str, out: str, settings_dict: dict[str, Any],
+def stage0_encoder(kind: str, data_dir: str, out: str, settings_dict: dict[str, Any], quiet: bool = False,
                    threads: int | None = None) -> dict[str, Any]:
-    """Train one encoder ("student" or "teacher"), save it, score its own objective on eval images."""
+    """Train one encoder ("student" or "teacher"), save it, score its own objective on eval images.
+
+    Its steps reach OUT/KIND/metrics.jsonl (for a progress bar); `quiet` logs the loss at debug level."""
+    if kind not in (STUDENT_DIR, TEACHER_DIR):
+        raise ValueError(f"unknown stage-0 encoder {kind!r}; choose student or teacher")
     if threads:
         torch.set_num_threads(threads)
     settings = EncoderSettings(**settings_dict)
     start, cpu = time.time(), time.process_time()
     train = load_split(data_dir, "train", settings.n_train)
     evaluation = load_split(data_dir, "eval", settings.probe_test)
-    folder = Path(out) / (STUDENT_DIR if kind == "student" else TEACHER_DIR)
-    if kind == "student":
-        model, head, curve = train_student(train, settings)
+    folder = Path(out) / kind
+    steps = settings.student_steps if kind == STUDENT_DIR else settings.teacher_steps
+    log = StepLog(kind, steps, folder / PROGRESS_NAME, quiet)
+    if kind == STUDENT_DIR:
+        model, head, curve = train_student(train, settings, log)
         save_student(model, folder, train.size)
         _save_heads({"presence": head}, folder)
         section = {"architecture": "CLIPVisionModel", "image_size": train.size,
                    "objective": "global: multi-label presence of (shape, colour) pairs from the pooled output",
                    "eval": student_objective(model, head, evaluation)}
-    elif kind == "teacher":
-        model, heads, curve = train_teacher(train, settings)
+    else:
+        model, heads, curve = train_teacher(train, settings, log)
         standardised = None
         if settings.teacher_standardise:
             sample = train.images[:STANDARDISE_IMAGES]
@@ -412,8 +443,6 @@ def stage0_encoder(kind: str, data_dir: str, out: str, settings_dict: dict[str, 
                    "eval": teacher_objective(model, heads, evaluation, settings)}
         if standardised:
             section["standardised"] = standardised
-    else:
-        raise ValueError(f"unknown stage-0 encoder {kind!r}; choose student or teacher")
     section.update({"path": str(folder), "curve": curve, "seconds": round(time.time() - start, 1),
                     "cpu_seconds": round(time.process_time() - cpu, 1)})
     return section
@@ -435,6 +464,32 @@ def encoders_ready(out: str | Path, settings: EncoderSettings | None = None) -> 
                                 == _training_settings(asdict(settings)))
 
 
+def encoders_to_train(out: str | Path, settings: EncoderSettings, force: bool = False) -> list[str]:
+    """The encoders `out` still needs ([] or [student, teacher]). When they are there, trained with the same
+    settings, they are reused; other probe settings drop the report's probes so that they run again."""
+    out = Path(out)
+    if force or not encoders_ready(out, settings):
+        return [STUDENT_DIR, TEACHER_DIR]
+    logger.info("reusing the stage-0 encoders in %s", out)
+    report = json.loads((out / REPORT_NAME).read_text())
+    if report["settings"] != asdict(settings):
+        report["settings"] = asdict(settings)
+        for key in ("probes", "diagnostics"):
+            report.pop(key, None)
+        report["seconds"].pop("probes", None)
+        (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
+    return []
+
+
+def write_encoder_report(out: str | Path, data_dir: str | Path, settings: EncoderSettings, student: dict[str, Any],
+                         teacher: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """OUT/report.json of two freshly trained encoders (their sections from `stage0_encoder`), before the probes."""
+    report = {"settings": asdict(settings), "data": str(data_dir), "student": student, "teacher": teacher,
+              "seconds": {"train": round(seconds, 1)}}
+    (Path(out) / REPORT_NAME).write_text(json.dumps(report, indent=2))
+    return report
+
+
 def train_encoders(data_dir: str | Path, out: str | Path, settings: EncoderSettings | None = None,
                    force: bool = False, probes: bool = True, jobs: int = 1) -> dict[str, Any]:
     """Stage 0: train, save and check both encoders; returns the report (reused when already written).
@@ -445,22 +500,13 @@ def train_encoders(data_dir: str | Path, out: str | Path, settings: EncoderSetti
 
     settings = settings or EncoderSettings()
     out = Path(out)
-    if not force and encoders_ready(out, settings):
-        logger.info("reusing the stage-0 encoders in %s", out)
-        report = json.loads((out / REPORT_NAME).read_text())
-        if report["settings"] != asdict(settings):  # other probe settings: the probes run again
-            report["settings"] = asdict(settings)
-            for key in ("probes", "diagnostics"):
-                report.pop(key, None)
-            report["seconds"].pop("probes", None)
-            (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
-    else:
+    kinds = encoders_to_train(out, settings, force)
+    if kinds:
         start = time.time()
-        calls = [(kind, str(data_dir), str(out), asdict(settings)) for kind in ("student", "teacher")]
-        student, teacher = run_parallel(stage0_encoder, calls, jobs)
-        report = {"settings": asdict(settings), "data": str(data_dir), "student": student, "teacher": teacher,
-                  "seconds": {"train": round(time.time() - start, 1)}}
-        (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
+        student, teacher = run_parallel(stage0_encoder, [(kind, str(data_dir), str(out), asdict(settings))
+                                                         for kind in kinds], jobs)
+        write_encoder_report(out, data_dir, settings, student, teacher, time.time() - start)
+    report = json.loads((out / REPORT_NAME).read_text())
     return probe_encoders(out, jobs=jobs) if probes else report
 
 
