@@ -42,7 +42,9 @@ def fake_summary(out: Path, seeds=(0, 1, 2)) -> dict:
         "statistics": summarise(scores, ["accuracy", *WORLD_TYPES]),
         "mcnemar_per_seed": {str(seed): {name: {"p_value": 0.04, "questions": 1000}
                                          for name in ("accuracy", *WORLD_TYPES)} for seed in seeds},
-        "seconds": {"total": 3600.0, "stages": {"world": 60.0, "stage 0: encoders and probes": 300.0}},
+        "seconds": {"total": 3600.0, "stages": {"world": 60.0, "stages 0-2 and ShapesBench": 3540.0},
+                    "jobs": {"teacher": {"start": 0.0, "end": 240.0}, "student": {"start": 0.0, "end": 200.0},
+                             "language 0": {"start": 200.0, "end": 270.0}}},
     }
     summary["above_chance"] = above_chance(summary)
     return summary

@@ -29,7 +29,8 @@ def test_demo_prints_one_seed_side_by_side_with_its_paths(tmp_path, monkeypatch,
     assert "position" not in printed.split("teacher diagnostics")[0]
     # every fake type has McNemar p = 0.04: count is 2 points ahead, the others equal
     assert "this seed (McNemar): VIRAL ahead on count (+2.0); no difference at p < 0.05 on relation" in printed
-    assert "world 1.0" in printed  # each stage's wall time (minutes)
+    assert "world 1.0" in printed  # each stage's wall time (minutes) and when each job ran
+    assert "start-end: teacher 0.0-4.0, student 0.0-3.3, language 0 3.3-4.5" in printed
     assert "holds for count" in printed and "does not hold for position" in printed
     assert "not clearly above chance in both arms: existence, relation" in printed
     for path in (tmp_path / "seed-3" / "baseline", tmp_path / "seed-3" / "viral", tmp_path / "study.png",

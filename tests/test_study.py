@@ -187,6 +187,56 @@ def test_run_parallel_keeps_order_and_gives_each_process_one_thread():
     assert run_parallel(dict, calls, jobs=2) == [{"k": i, "threads": 1} for i in range(3)]
 
 
+def _sleep_then_name(name, seconds, threads=None):
+    import time
+
+    time.sleep(seconds)
+    return name, threads
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_graph_starts_a_job_only_after_what_it_needs_and_reports_when_each_ran(workers):
+    from viral.parallel import Job, run_graph
+
+    jobs = [Job("a", _sleep_then_name, ("a", 0.3)), Job("b", _sleep_then_name, ("b", 0.1), ("a",)),
+            Job("c", _sleep_then_name, ("c", 0.1), ("skipped stage",)),  # a need that is no job: ignored
+            Job("d", _sleep_then_name, ("d", 0.0), ("b", "c"))]
+    seen = []
+    done = run_graph(jobs, workers, finished=lambda name, result: seen.append((name, result[0])))
+    assert sorted(done) == ["a", "b", "c", "d"] and sorted(seen) == [(n, n) for n in "abcd"]
+    assert all(done[n][0] == (n, 1 if workers > 1 else None) for n in "abcd")  # one thread per worker process
+    start, end = {n: done[n][1] for n in done}, {n: done[n][2] for n in done}
+    assert start["b"] >= end["a"] and start["d"] >= max(end["b"], end["c"])
+    assert seen.index(("d", "d")) == 3
+    if workers == 1:  # one at a time, in list order among ready jobs
+        assert [name for name, _ in seen] == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match="cycle"):
+        run_graph([Job("x", _sleep_then_name, ("x", 0), ("y",)), Job("y", _sleep_then_name, ("y", 0), ("x",))],
+                  workers)
+    with pytest.raises(ValueError, match="repeat"):
+        run_graph([Job("x", _sleep_then_name, ("x", 0)), Job("x", _sleep_then_name, ("x", 0))], workers)
+
+
+def test_the_study_graph_runs_each_stage_after_what_it_reads(tmp_path):
+    from viral.study.pipeline import StudySettings, study_jobs
+
+    settings = StudySettings(seeds=[0, 1])
+    configs = {0: {"language": {}, "pretrain": {}, "baseline": {}, "viral": {}},
+               1: {"pretrain": {}, "baseline": {}, "viral": {}}}  # seed 1 without the language stage
+    jobs = study_jobs(settings, configs, tmp_path / "shapes", tmp_path / "encoders", EncoderSettings(),
+                      ["student", "teacher"])
+    needs = {job.name: set(job.needs) for job in jobs}
+    assert [job.name for job in jobs] == ["student", "teacher", "language 0", "pretrain 0", "viral 0", "baseline 0",
+                                          "pretrain 1", "viral 1", "baseline 1", "probes"]
+    assert needs == {"student": set(), "teacher": set(), "language 0": {"student"}, "pretrain 0": {"language 0"},
+                     "viral 0": {"pretrain 0", "teacher"}, "baseline 0": {"pretrain 0"},
+                     "pretrain 1": {"student"}, "viral 1": {"pretrain 1", "teacher"}, "baseline 1": {"pretrain 1"},
+                     "probes": {"student", "teacher"}}
+    # reused encoders: no stage-0 jobs, and nothing waits for them
+    assert [job.name for job in study_jobs(settings, configs, tmp_path, tmp_path, EncoderSettings(), [])][0] == \
+        "language 0"
+
+
 def test_probes_give_the_same_numbers_whatever_ran_before(small_world):
     from viral.study.probes import probe_tasks, run_probes
     from viral.study.world import load_split

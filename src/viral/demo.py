@@ -3,8 +3,9 @@
 The demo is exactly `viral study --seeds 1`: the same world, encoders, steps and config, so its folder is the
 study's seed 0 and `viral study --out runs/demo` adds the other seeds to it. World and stage-0 encoders are
 reused when present, so a second `make demo` only retrains what changed. Two processes of one thread work
-side by side (the two encoders; the probes beside the LLM's first stages; the two arms), one progress bar
-shows the runs, and the end prints the table and each stage's wall time.
+through the study's jobs, each as soon as what it reads is ready (`viral.study.pipeline.study_jobs`: the
+two encoders, the LLM's language stage and stage 1, the two arms, the encoders' probes), one progress bar
+shows them all, and the end prints the table, each stage's wall time and when each job ran.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import sys
 
 from viral.report import write_html_report
 from viral.study.pipeline import ARMS, QUESTION_TYPES, run_study
-from viral.study.report import format_p, format_table, premise_sentence
+from viral.study.report import format_p, format_table, premise_sentence, wall_times
+
 
 def demo_defaults() -> dict:
     """The study's settings, two side-by-side processes."""
@@ -78,8 +80,7 @@ def run_demo(args) -> dict:
     if not learnable["all"]:
         stuck = sorted({name for arm in ARMS for name, ok in learnable[arm].items() if not ok})
         print(f"not clearly above chance in both arms: {', '.join(stuck)} - a difference there means nothing")
-    stages = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in summary["seconds"]["stages"].items())
-    print(f"wall time {summary['seconds']['total'] / 60:.1f} min ({stages})\n")
+    print(wall_times(summary) + " (minutes)\n")
     seed = str(summary["statistics"]["seeds"][0])
     for arm in ARMS:
         print(f"{arm} run: {summary['runs'][seed][arm]['dir']}")

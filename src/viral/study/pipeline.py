@@ -36,9 +36,10 @@ from transformers import TrainerCallback
 
 from viral.config import ConfigError, config_from_dict, load_config
 from viral.data.shapes import TEXT_CORPUS
-from viral.parallel import run_parallel
+from viral.parallel import Job, run_graph
 from viral.runs import METRICS_NAME
-from viral.study.encoders import STUDENT_DIR, TEACHER_DIR, EncoderSettings, probe_encoders, train_encoders
+from viral.study.encoders import (PROGRESS_NAME, STUDENT_DIR, TEACHER_DIR, EncoderSettings, encoders_to_train,
+                                  probe_encoders, stage0_encoder, write_encoder_report)
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class StudySettings:
     eval_limit: int | None = None
     curve_every: int = 100  # stage-2 steps between evaluations on the first `curve_questions` questions (0: off)
     curve_questions: int = 500
-    jobs: int = 1  # processes running the two arms of a seed side by side (1 thread each when > 1)
+    jobs: int = 1  # processes running the study's jobs side by side (1 thread each when > 1)
 
 
 def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
@@ -150,14 +151,21 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-class RunsProgress:
-    """One progress bar for runs that train in other processes: every few seconds it adds up the last step
-    that each run wrote to its `metrics.jsonl` (the runs' own bars are off, so nothing interleaves)."""
+def run_track(config: dict[str, Any]) -> tuple[Path, int]:
+    """A run's progress for `RunsProgress`: its metrics file and its number of steps."""
+    return Path(config["output_dir"]) / METRICS_NAME, int(config["train"]["max_steps"])
 
-    def __init__(self, label: str, runs: list[dict[str, Any]], every: float = 2.0):
+
+class RunsProgress:
+    """One progress bar for work that trains in other processes: every few seconds it adds up the last step
+    written to each `(file, steps)` track, a JSON line per logged step with a `step` field (a run's
+    `metrics.jsonl`, an encoder's progress file; the workers draw no bars of their own, so nothing
+    interleaves)."""
+
+    def __init__(self, label: str, tracks: list[tuple[Path, int]], every: float = 2.0):
         self.label, self.every = label, every
-        self.files = [Path(config["output_dir"]) / METRICS_NAME for config in runs]
-        self.total = sum(int(config["train"]["max_steps"]) for config in runs)
+        self.files = [path for path, _ in tracks]
+        self.total = sum(steps for _, steps in tracks)
         self._stop = None
 
     @staticmethod
@@ -283,17 +291,28 @@ def run_one(config_dict: dict[str, Any], evaluate_on: str | None = None, eval_ba
     return record
 
 
-FIRST_STAGES = ("language", "pretrain")
+def study_jobs(settings: StudySettings, configs: dict[int, dict[str, dict[str, Any]]], data: Path, encoders: Path,
+               encoder_settings: EncoderSettings, train_encoders: list[str]) -> list[Job]:
+    """The study as a graph of jobs, each after what it reads, listed by priority (the longest chain first):
 
-
-def run_task(function, *args, threads: int | None = None):
-    """`function(*args, threads=threads)`: lets one `run_parallel` call run different kinds of work."""
-    return function(*args, threads=threads)
-
-
-def run_first_stages(stages: dict[str, dict[str, Any]], threads: int | None = None) -> dict[str, dict[str, Any]]:
-    """A seed's stages before the arms split, `{name: config}` in order (language, then stage 1); their records."""
-    return {name: run_one(config, threads=threads) for name, config in stages.items()}
+    student, teacher (stage 0, when `train_encoders` names them) -> per seed `language K` (the tiny LLaVA is built
+    on the student tower) -> `pretrain K` -> `viral K` (also reads the teacher) and `baseline K` (ShapesBench
+    at their end) -> `probes` of the two encoders last, filling a worker that would otherwise wait."""
+    jobs = [Job(kind, stage0_encoder, (kind, str(data), str(encoders), asdict(encoder_settings), True))
+            for kind in train_encoders]
+    for seed in settings.seeds:
+        stages = configs[seed]
+        before = ()
+        for name in ("language", "pretrain"):
+            if name in stages:
+                jobs.append(Job(f"{name} {seed}", run_one, (stages[name],), before or (STUDENT_DIR,)))
+                before = (f"{name} {seed}",)
+        for arm in ("viral", "baseline"):  # the VIRAL arm is the longer one
+            jobs.append(Job(f"{arm} {seed}", run_one, (
+                stages[arm], str(data), settings.eval_batch_size, settings.eval_limit, settings.curve_every,
+                settings.curve_questions), before + ((TEACHER_DIR,) if arm == "viral" else ())))
+    jobs.append(Job("probes", probe_encoders, (str(encoders),), (STUDENT_DIR, TEACHER_DIR)))
+    return jobs
 
 
 def evaluate_run(run_dir: Path, data_dir: str, batch_size: int = 64, limit: int | None = None) -> dict[str, Any]:
@@ -367,29 +386,31 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
     data = ensure_world(Path(data_dir) if data_dir else out / "shapes", settings)
     stage_done("world")
     encoders = Path(encoders_dir) if encoders_dir else out / "encoders"
-    train_encoders(data, encoders, encoder_settings, probes=False, jobs=settings.jobs)
-    stage_done("stage 0: encoders")
+    encoder_settings = encoder_settings or EncoderSettings()
+    kinds = encoders_to_train(encoders, encoder_settings)
     configs = {seed: stage_configs(settings, seed, data, encoders, out / f"seed-{seed}") for seed in settings.seeds}
-    # every seed's stage 1, then every (seed, arm) of stage 2, `jobs` at a time: the cores never wait
-    # for a lone stage-1 run, and the two arms of a seed still start from the same stage-1 weights
-    logger.info("stage 1 (%sprojector pre-training), seeds %s",
-                "the LLM on the world's text, then " if settings.language_steps else "", settings.seeds)
-    first_calls = [({stage: configs[seed][stage] for stage in FIRST_STAGES if stage in configs[seed]},)
-                   for seed in settings.seeds]
-    # the encoders' probes run beside the seeds' first stages (they need only the frozen encoders)
-    tasks = [(probe_encoders, str(encoders))] + [(run_first_stages, *call) for call in first_calls]
-    with RunsProgress("probes, language + stage 1" if settings.language_steps else "probes, stage 1",
-                      [config for (stages,) in first_calls for config in stages.values()]):
-        encoder_report, *first = run_parallel(run_task, tasks, settings.jobs)
-    stage_done("probes and the LLM's first stages")
-    logger.info("stage 2, arms %s, seeds %s", ", ".join(ARMS), settings.seeds)
-    calls = [(configs[seed][arm], str(data), settings.eval_batch_size, settings.eval_limit, settings.curve_every,
-              settings.curve_questions) for seed in settings.seeds for arm in ARMS]
-    with RunsProgress("stage 2 (both arms; then ShapesBench)", [call[0] for call in calls]):
-        records = iter(run_parallel(run_one, calls, settings.jobs))
-    stage_done("stage 2 and ShapesBench")
-    runs: dict[int, dict[str, Any]] = {seed: {**stages, **{arm: next(records) for arm in ARMS}}
-                                       for seed, stages in zip(settings.seeds, first)}
+    jobs = study_jobs(settings, configs, data, encoders, encoder_settings, kinds)
+    sections: dict[str, dict[str, Any]] = {}
+
+    def finished(name: str, result: Any) -> None:
+        if name in kinds:  # both encoders trained: their report, which the probes complete
+            sections[name] = result
+            if len(sections) == len(kinds):
+                write_encoder_report(encoders, data, encoder_settings, sections[STUDENT_DIR], sections[TEACHER_DIR],
+                                     max(s["seconds"] for s in sections.values()))
+
+    steps = {STUDENT_DIR: encoder_settings.student_steps, TEACHER_DIR: encoder_settings.teacher_steps}
+    tracks = [(encoders / kind / PROGRESS_NAME, steps[kind]) for kind in kinds]
+    tracks += [run_track(configs[seed][stage]) for seed in settings.seeds for stage in configs[seed]]
+    logger.info("stages 0-2, seeds %s: %d jobs, %d side by side", settings.seeds, len(jobs), settings.jobs)
+    label = "stages 0-2 (encoders, language, stage 1, both arms)" if kinds else "stages 1-2 (language, stage 1, both arms)"
+    with RunsProgress(label, tracks):
+        done = run_graph(jobs, settings.jobs, finished)
+    stage_done("stages 0-2 and ShapesBench")
+    encoder_report = done["probes"][0]
+    runs: dict[int, dict[str, Any]] = {seed: {stage: done[f"{stage} {seed}"][0] for stage in
+                                              ("language", "pretrain", *ARMS) if f"{stage} {seed}" in done}
+                                       for seed in settings.seeds}
     scores = {arm: {seed: runs[seed][arm]["scores"] for seed in settings.seeds} for arm in ARMS}
     chance = chance_levels(data)
     types = ["accuracy", *(name for name in QUESTION_TYPES if name in chance)]
@@ -410,6 +431,7 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
         "statistics": summarise(scores, types),
         "mcnemar_per_seed": {str(seed): value for seed, value in within_seed.items()},
         "seconds": {"total": round(time.time() - start, 1), "stages": stage_seconds,
+                    "jobs": {name: {"start": begin, "end": end} for name, (_, begin, end) in done.items()},
                     "cpu_main_process": round(time.process_time() - cpu, 1)},
     }
     summary["above_chance"] = above_chance(summary)

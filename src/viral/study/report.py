@@ -23,6 +23,19 @@ def format_p(value: float | None) -> str:
     return f"{value:.3g}" if value >= 1e-4 else "<1e-4"
 
 
+def wall_times(summary: dict[str, Any]) -> str:
+    """'wall time 8.1 min (world 0.3, ...); start-end: student 0.0-2.7, ...' in minutes: each stage's wall time,
+    then when each job of the study's graph ran (jobs overlap: they run side by side)."""
+    seconds = summary["seconds"]
+    text = f"wall time {seconds['total'] / 60:.1f} min"
+    if seconds.get("stages"):
+        text += " (" + ", ".join(f"{name} {value / 60:.1f}" for name, value in seconds["stages"].items()) + ")"
+    if seconds.get("jobs"):
+        text += "; start-end: " + ", ".join(f"{name} {span['start'] / 60:.1f}-{span['end'] / 60:.1f}"
+                                             for name, span in seconds["jobs"].items())
+    return text
+
+
 def comparison_rows(summary: dict[str, Any]) -> list[list[str]]:
     """Rows of the main table: type, chance, each arm's mean ± std, difference, tests."""
     rows = []
@@ -97,10 +110,7 @@ def write_markdown(out: Path, summary: dict[str, Any]) -> Path:
         f"Command: `{summary.get('command') or 'viral study'}`  ",
         f"Seeds: {seeds}; {settings['n_train']} training images, ShapesBench on {settings['n_eval']} evaluation "
         f"images; language stage {settings.get('language_steps', 0)} steps; stage 1 {settings['pretrain_steps']} "
-        f"steps; stage 2 config `{settings['config']}` {' '.join(settings['overrides'])}; wall time "
-        f"{summary['seconds']['total'] / 60:.1f} min"
-        + "".join(f"; {name} {seconds / 60:.1f}" for name, seconds in summary["seconds"].get("stages", {}).items())
-        + ".",
+        f"steps; stage 2 config `{settings['config']}` {' '.join(settings['overrides'])}; {wall_times(summary)}.",
         "",
         "## ShapesBench accuracy (%), mean ± std over seeds",
         "",
