@@ -87,3 +87,7 @@ def test_command_argument_mistakes_use_the_same_one_line_form(tmp_path, capsys, 
                  "--types", "no-such-type"]) == 2
     [line] = error_lines(capsys.readouterr().err)
     assert line.startswith("viral: error: shapes generate: ") and "no-such-type" in line
+    assert main(["shapes", "encoders", "--data", str(tmp_path), "--out", str(tmp_path / "enc"),
+                 "--probe-tasks", "count,shape"]) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert "--probe-tasks" in line and "unknown shape" in line and "existence" in line

@@ -73,11 +73,41 @@ def test_other_probe_settings_rerun_the_probes_not_the_encoders(stage0, small_wo
     copy = tmp_path / "encoders"
     shutil.copytree(out, copy)
     before = (copy / "student" / "model.safetensors").stat().st_mtime_ns
-    again = train_encoders(small_world, copy, EncoderSettings(**{**TINY_ENCODERS, "probe_steps": 4}))
+    assert set(report["probes"]["student"]) == {"count", "position"}  # the default tasks
+    again = train_encoders(small_world, copy, EncoderSettings(**{**TINY_ENCODERS, "probe_steps": 4,
+                                                                 "probe_tasks": ["existence", "colour"]}))
     assert (copy / "student" / "model.safetensors").stat().st_mtime_ns == before
     assert again["settings"]["probe_steps"] == 4 and again["student"] == report["student"]
     assert again["probes"]["steps"] == 4 and report["probes"]["steps"] == 3  # the probes ran again
+    assert set(again["probes"]["student"]) == set(again["probes"]["teacher"]) == {"existence", "colour"}
     assert json.loads((copy / "report.json").read_text()) == again
+    # a report written before a probe setting existed reads it as its default: nothing reruns
+    old = json.loads((out / "report.json").read_text())
+    del old["settings"]["probe_tasks"]
+    (copy / "report.json").write_text(json.dumps(old))
+    assert train_encoders(small_world, copy, EncoderSettings(**TINY_ENCODERS))["probes"] == report["probes"]
+
+
+def test_existence_and_colour_probe_tasks_read_the_label_maps(small_world):
+    from viral.data.shapes import COLOURS
+    from viral.study.probes import probe_tasks
+    from viral.study.world import load_split
+
+    train, test = load_split(small_world, "train"), load_split(small_world, "eval")
+    tasks = probe_tasks(train, test, ["existence", "colour"])
+    images, queries, targets = tasks["existence"][0]
+    for i, q, t in zip(images.tolist(), queries.tolist(), targets.tolist()):
+        pairs = {((o.shape - 1) * len(COLOURS) + o.colour - 1) for o in train.objects[i]}
+        assert (q in pairs) == bool(t)
+    assert targets.sum() * 2 == len(targets)  # as many absent pairs as present (at most 6 of 12 present)
+    images, queries, targets = tasks["colour"][0]
+    for i, s, c in zip(images.tolist(), queries.tolist(), targets.tolist()):
+        [only] = [o for o in train.objects[i] if o.shape == s + 1]  # asked only of shapes once in the image
+        assert only.colour == c + 1
+    again = probe_tasks(train, test, ["existence"])["existence"][0]  # the absent pairs are drawn the same way
+    assert all(a.tolist() == b.tolist() for a, b in zip(again, tasks["existence"][0]))
+    with pytest.raises(ValueError, match="unknown probe task"):
+        probe_tasks(train, test, ["shape"])
 
 
 def test_two_arm_mini_study(tmp_path, small_world, stage0):

@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     enc.add_argument("--out", required=True, help="output folder")
     enc.add_argument("--steps", type=int, default=None, help="training steps of each encoder")
     enc.add_argument("--probe-steps", type=int, default=None, help="training steps of each probe")
+    enc.add_argument("--probe-tasks", default=None,
+                     help="comma-separated probe tasks: count, position (the premise; the default), existence, "
+                          "colour")
     enc.add_argument("--force", action="store_true", help="retrain even when OUT holds encoders")
     enc.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     enc.set_defaults(func=run_encoders)
@@ -55,6 +58,19 @@ def run_generate(args) -> int:
     return 0
 
 
+def parse_probe_tasks(text: str) -> list[str]:
+    """`count,existence` -> ["count", "existence"]; an unknown name is the user's error, with the choices."""
+    from viral.errors import UserError
+    from viral.study.probes import TASKS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TASKS]
+    if unknown or not names:
+        raise UserError(f"--probe-tasks {text!r}: unknown {', '.join(unknown) or 'empty list'}; "
+                        f"choose from {', '.join(TASKS)}")
+    return names
+
+
 def run_encoders(args) -> int:
     import json
     import logging
@@ -71,6 +87,8 @@ def run_encoders(args) -> int:
         settings.student_steps = settings.teacher_steps = args.steps
     if args.probe_steps is not None:
         settings.probe_steps = args.probe_steps
+    if args.probe_tasks is not None:
+        settings.probe_tasks = parse_probe_tasks(args.probe_tasks)
     report = train_encoders(args.data, args.out, settings, force=args.force)
     summary = {key: report[key] for key in ("probes", "diagnostics", "seconds") if key in report}
     summary["student_eval"], summary["teacher_eval"] = report["student"]["eval"], report["teacher"]["eval"]

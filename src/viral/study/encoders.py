@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from torch import nn
 from viral.align.teachers import IMAGENET_MEAN, IMAGENET_STD
 from viral.data.shapes import COLOURS, SHAPES
 from viral.model import make_image_processor
+from viral.study.probes import DEFAULT_PROBE_TASKS
 from viral.study.world import WorldSplit, load_split
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ class EncoderSettings:
     # the teacher's position probe is still rising at 500 (43.8 at 600 steps, 66.3 at 1500; the student's stays
     # at chance): enough for the verdict at a third of the cost, which sits on make demo's critical path
     probe_steps: int = 500
+    # what the probes ask (viral.study.probes.TASKS): count and position read the premise; existence and colour
+    # tell whether the student's tokens carry what those ShapesBench types need
+    probe_tasks: list[str] = field(default_factory=lambda: list(DEFAULT_PROBE_TASKS))
     # weight of the teacher's object-centre regression (0: shape and colour only); 10 drowned the shape
     # objective (object-patch shape accuracy 29%)
     teacher_centre_weight: float = 1.0
@@ -393,7 +397,8 @@ def save_teacher(model, out: Path, image_size: int) -> Path:
 
 OBJECTIVE_HEAD_NAME = "objective_head.safetensors"
 STANDARDISE_IMAGES = 2000  # training images whose patch features set the teacher's standardisation
-PROBE_FIELDS = ("probe_train", "probe_test", "probe_steps")  # settings of the probes, not of the encoders
+PROBE_FIELDS = ("probe_train", "probe_test", "probe_steps", "probe_tasks")  # the probes', not the encoders'
+
 
 
 def _save_heads(heads: dict[str, nn.Module], folder: Path) -> None:
@@ -452,6 +457,11 @@ def _training_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in PROBE_FIELDS}
 
 
+def saved_settings(report: dict[str, Any]) -> dict[str, Any]:
+    """A report's settings, with today's defaults for fields added after it was written."""
+    return {**asdict(EncoderSettings()), **report.get("settings", {})}
+
+
 def encoders_ready(out: str | Path, settings: EncoderSettings | None = None) -> bool:
     """True when `out` holds both encoders trained with `settings` (any, when None; the probe settings
     do not count: other probe settings re-run only the probes)."""
@@ -460,7 +470,7 @@ def encoders_ready(out: str | Path, settings: EncoderSettings | None = None) -> 
     if not (report.is_file() and (out / STUDENT_DIR / "config.json").is_file()
             and (out / TEACHER_DIR / "config.json").is_file()):
         return False
-    return settings is None or (_training_settings(json.loads(report.read_text()).get("settings", {}))
+    return settings is None or (_training_settings(saved_settings(json.loads(report.read_text())))
                                 == _training_settings(asdict(settings)))
 
 
@@ -472,7 +482,7 @@ def encoders_to_train(out: str | Path, settings: EncoderSettings, force: bool = 
         return [STUDENT_DIR, TEACHER_DIR]
     logger.info("reusing the stage-0 encoders in %s", out)
     report = json.loads((out / REPORT_NAME).read_text())
-    if report["settings"] != asdict(settings):
+    if saved_settings(report) != asdict(settings):
         report["settings"] = asdict(settings)
         for key in ("probes", "diagnostics"):
             report.pop(key, None)
@@ -521,10 +531,11 @@ def probe_encoders(out: str | Path, jobs: int = 1, threads: int | None = None) -
     out = Path(out)
     report = json.loads((out / REPORT_NAME).read_text())
     if "probes" not in report:
-        settings = EncoderSettings(**report["settings"])
+        settings = EncoderSettings(**saved_settings(report))
         start = time.time()
         report.update(encoder_probes(out / STUDENT_DIR, out / TEACHER_DIR, report["data"], settings.probe_train,
-                                     settings.probe_test, steps=settings.probe_steps, seed=settings.seed, jobs=jobs))
+                                     settings.probe_test, steps=settings.probe_steps, seed=settings.seed, jobs=jobs,
+                                     tasks=settings.probe_tasks))
         report["seconds"]["probes"] = round(time.time() - start, 1)
         (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
     return report

@@ -8,6 +8,9 @@ grid resampled to the student's), i.e. the VRA targets y.
 Probes (fitted on training images, scored on eval images, chance = the training majority class):
 - `count`: "how many objects of shape s" (7 classes, 0..6), queried by s;
 - `position`: "which 3x3 cell holds the (shape, colour) object", for objects unique in their image;
+- on request (`probe_tasks`), the other ShapesBench types' content: `existence` ("is there a (shape, colour)
+  object": every pair present and as many absent pairs, drawn per image, so chance is about 50%) and
+  `colour` ("what colour is the s", for shapes once in their image);
 - each with a patch-level probe - a query-conditioned gated-sum attention probe over the patch tokens
   (token MLP, one self-attention block, sigmoid weights so it can count; no position embedding of its
   own, so it reads only where the features themselves say a patch is - the question is what the
@@ -91,10 +94,35 @@ def position_task(split: WorldSplit) -> tuple[torch.Tensor, torch.Tensor, torch.
     return tuple(torch.tensor(column) for column in zip(*rows))
 
 
-TASKS = {
+def existence_task(split: WorldSplit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image index, query = (shape, colour) id, target = 1 if the image holds such an object else 0): every
+    pair present in an image and as many absent ones, drawn with the image's index as seed (deterministic)."""
+    pairs = len(SHAPES) * len(COLOURS)
+    rows = []
+    for i, objects in enumerate(split.objects):
+        present = sorted({(o.shape - 1) * len(COLOURS) + (o.colour - 1) for o in objects})
+        absent = [q for q in range(pairs) if q not in present]
+        drawn = np.random.default_rng(i).choice(absent, size=min(len(present), len(absent)), replace=False)
+        rows += [(i, q, 1) for q in present] + [(i, int(q), 0) for q in sorted(drawn)]
+    return tuple(torch.tensor(column) for column in zip(*rows))
+
+
+def colour_task(split: WorldSplit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image index, query = shape index, target = colour index of that shape) for shapes once in their image."""
+    rows = []
+    for i, objects in enumerate(split.objects):
+        shapes = [o.shape for o in objects]
+        rows += [(i, o.shape - 1, o.colour - 1) for o in objects if shapes.count(o.shape) == 1]
+    return tuple(torch.tensor(column) for column in zip(*rows))
+
+
+TASKS = {  # name: (make the task from a split, number of queries, number of classes)
     "count": (count_task, len(SHAPES), MAX_OBJECTS + 1),
     "position": (position_task, len(SHAPES) * len(COLOURS), POSITION_CELLS * POSITION_CELLS),
+    "existence": (existence_task, len(SHAPES) * len(COLOURS), 2),
+    "colour": (colour_task, len(SHAPES), len(COLOURS)),
 }
+DEFAULT_PROBE_TASKS = ("count", "position")  # what the premise is read on; the others on request
 
 
 class GatedAttentionProbe(nn.Module):
@@ -167,10 +195,12 @@ def majority_accuracy(task: tuple, test_task: tuple) -> float:
     return round(float((test_task[2] == majority).float().mean()) * 100, 2)
 
 
-def probe_tasks(train: WorldSplit, test: WorldSplit) -> dict[str, tuple]:
-    """Per task: (train task, test task, number of queries, number of classes)."""
-    return {name: (make(train), make(test), num_queries, num_classes)
-            for name, (make, num_queries, num_classes) in TASKS.items()}
+def probe_tasks(train: WorldSplit, test: WorldSplit, names=DEFAULT_PROBE_TASKS) -> dict[str, tuple]:
+    """Per task in `names`: (train task, test task, number of queries, number of classes)."""
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown probe task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    return {name: (TASKS[name][0](train), TASKS[name][0](test), *TASKS[name][1:]) for name in names}
 
 
 def run_probes(features: torch.Tensor, test_features: torch.Tensor, tasks: dict[str, tuple],
@@ -228,7 +258,8 @@ def alignment_diagnostics(student: torch.Tensor, teacher: torch.Tensor, test_stu
 
 
 def encoder_probes(student_dir: str | Path, teacher_dir: str | Path, data_dir: str | Path, n_train: int,
-                   n_test: int, steps: int = 800, seed: int = 0, jobs: int = 1) -> dict[str, Any]:
+                   n_test: int, steps: int = 800, seed: int = 0, jobs: int = 1,
+                   tasks=DEFAULT_PROBE_TASKS) -> dict[str, Any]:
     """Probes of both encoders (side by side when jobs > 1) and the alignment diagnostics, as a report section."""
     from viral.parallel import run_parallel
     from viral.study.world import load_split
@@ -238,7 +269,7 @@ def encoder_probes(student_dir: str | Path, teacher_dir: str | Path, data_dir: s
     side = int(round(z_train.shape[1] ** 0.5))
     y_train, y_test = teacher_features(teacher_dir, train, (side, side)), teacher_features(teacher_dir, test, (side, side))
     logger.info("probing the student %s and the teacher %s", tuple(z_train.shape), tuple(y_train.shape))
-    tasks = probe_tasks(train, test)
+    tasks = probe_tasks(train, test, tasks)
     student, teacher = run_parallel(run_probes, [(z_train, z_test, tasks, steps, seed),
                                                  (y_train, y_test, tasks, steps, seed)], jobs)
     return {

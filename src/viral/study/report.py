@@ -144,7 +144,7 @@ def write_markdown(out: Path, summary: dict[str, Any]) -> Path:
     if encoders.get("probes"):
         probes = encoders["probes"]
         rows = []
-        for task in ("count", "position"):
+        for task in (t for t in probes["student"] if t in probes["teacher"]):
             for kind in ("patch_attention_probe", "pooled_linear_probe"):
                 rows.append([task, kind.replace("_", " "), f"{probes['student'][task][kind]:.1f}",
                              f"{probes['teacher'][task][kind]:.1f}", f"{probes['student'][task]['chance']:.1f}"])
