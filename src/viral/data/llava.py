@@ -9,10 +9,11 @@ An image that cannot be read raises the same error when the record is loaded, or
 
 The conversation is rendered once with a chat template and split into pieces (prompt, answer, prompt,
 answer...) by locating each answer in the text (two renders per assistant turn where that is not safe),
-each piece tokenized separately so that labels mark exactly the assistant's answers. The single
-`<image>` token is then expanded to one token per image patch; truncation to `model_max_length`
-never cuts an image's tokens. A model family whose images have their own token counts (Qwen2-VL) passes
-`image_inputs`: image -> (its model inputs, its number of image tokens).
+each piece tokenized separately (the first alone, the others in one batched call) so that labels mark
+exactly the assistant's answers. The single `<image>` token is then expanded to one token per image
+patch; truncation to `model_max_length` never cuts an image's tokens. A model family whose images have
+their own token counts (Qwen2-VL) passes `image_inputs`: image -> (its model inputs, its number of image
+tokens).
 """
 
 from __future__ import annotations
@@ -226,17 +227,23 @@ def tokenize_conversation(tokenizer, template: str, messages: list[dict]) -> tup
 
     The conversation is rendered once and the answers located in the text; where that cannot be done for
     sure (see `_pieces_from_one_render`), it is rendered twice per assistant turn instead. Either way the
-    pieces (prompt, answer, prompt, answer...) are tokenized separately, special tokens on the first only."""
+    pieces (prompt, answer, prompt, answer...) are tokenized separately, so no token straddles a piece
+    boundary: the first piece in a call of its own with special tokens (none if it is empty), every other
+    non-empty piece in one batched call without them."""
     wrapping = _answer_wrapping(tokenizer, template)
     pieces = None if wrapping is None else _pieces_from_one_render(tokenizer, template, messages, wrapping)
     if pieces is None:
         pieces = _pieces_by_turn(tokenizer, template, messages)
+    tokenized: list[tuple[list[int], bool]] = []
+    if pieces and pieces[0][0]:
+        tokenized.append((tokenizer(pieces[0][0], add_special_tokens=True)["input_ids"], pieces[0][1]))
+    rest = [(text, is_target) for text, is_target in pieces[1:] if text]
+    if rest:
+        rest_ids = tokenizer([text for text, _ in rest], add_special_tokens=False)["input_ids"]
+        tokenized += [(piece_ids, is_target) for piece_ids, (_, is_target) in zip(rest_ids, rest, strict=True)]
     ids: list[int] = []
     labels: list[int] = []
-    for k, (text, is_target) in enumerate(pieces):
-        if not text:
-            continue
-        piece_ids = tokenizer(text, add_special_tokens=(k == 0))["input_ids"]
+    for piece_ids, is_target in tokenized:
         ids += piece_ids
         labels += piece_ids if is_target else [IGNORE_INDEX] * len(piece_ids)
     return ids, labels
