@@ -2,9 +2,10 @@
 
 import json
 
+import numpy as np
 import pytest
 
-from viral.data.shapes import DEFAULT_TYPES, QUESTION_TYPES, SHAPES, draw_scene, generate
+from viral.data.shapes import ARRAYS, DEFAULT_TYPES, QUESTION_TYPES, SHAPES, draw_scene, generate
 from viral.study.world import load_split
 
 
@@ -119,7 +120,52 @@ def test_drawing_in_two_processes_writes_the_same_world(tmp_path):
     one = generate(tmp_path / "one", seed=4, n_train=7, n_eval=5, size=48, progress=False)
     two = generate(tmp_path / "two", seed=4, n_train=7, n_eval=5, size=48, progress=False, jobs=2)
     files = sorted(p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file())
-    assert len(files) == 5 + 2 * (7 + 5)  # train, captions, text, eval, meta + images and label maps
+    # train, captions, text, eval, meta, the two split archives + images and label maps
+    assert len(files) == 5 + 2 + 2 * (7 + 5)
     assert files == sorted(p.relative_to(two).as_posix() for p in two.rglob("*") if p.is_file())
     for name in files:
-        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+        if name.endswith(".npz"):  # zip members carry timestamps: compare what they hold
+            with np.load(one / name) as a, np.load(two / name) as b:
+                assert sorted(a.files) == sorted(b.files) == ["images", "labels", "names"], name
+                for key in a.files:
+                    assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), (name, key)
+        else:
+            assert (one / name).read_bytes() == (two / name).read_bytes(), name
+
+
+def test_the_split_arrays_hold_the_same_images_and_labels_as_the_pngs(tmp_path):
+    folder = generate(tmp_path / "w", seed=5, n_train=6, n_eval=9, size=48, progress=False, max_objects=3)
+    for split, count in (("train", 6), ("eval", 9)):
+        archive = folder / ARRAYS.format(split=split)
+        with np.load(archive) as arrays:
+            assert arrays["names"].tolist() == [f"{split}_{i:06d}.png" for i in range(count)]
+            assert arrays["images"].shape == (count, 48, 48, 3) and arrays["images"].dtype == np.uint8
+            assert arrays["labels"].shape == (count, 48, 48, 2) and arrays["labels"].dtype == np.uint8
+        for limit in (None, 4):
+            from_arrays = load_split(folder, split, limit)
+            archive.rename(archive.with_suffix(".off"))
+            try:
+                from_pngs = load_split(folder, split, limit)
+            finally:
+                archive.with_suffix(".off").rename(archive)
+            assert from_arrays.names == from_pngs.names and len(from_pngs) == (limit or count)
+            assert from_arrays.images.dtype == from_pngs.images.dtype == np.uint8
+            assert from_arrays.labels.dtype == from_pngs.labels.dtype == np.uint8
+            assert np.array_equal(from_arrays.images, from_pngs.images)
+            assert np.array_equal(from_arrays.labels, from_pngs.labels)
+            assert from_arrays.objects == from_pngs.objects
+    # a stale archive (its names differ from the PNGs') is ignored: the PNGs are read
+    truth = load_split(folder, "eval")
+    with np.load(folder / ARRAYS.format(split="eval")) as arrays:
+        names, images, labels = arrays["names"], arrays["images"], arrays["labels"]
+    np.savez(folder / ARRAYS.format(split="eval"), names=names[:-1], images=np.zeros_like(images[:-1]),
+             labels=np.zeros_like(labels[:-1]))
+    stale = load_split(folder, "eval")
+    assert np.array_equal(stale.images, truth.images) and np.array_equal(stale.labels, truth.labels)
+    assert stale.objects == truth.objects
+    np.savez(folder / ARRAYS.format(split="eval"), names=names, images=np.zeros_like(images),
+             labels=np.zeros_like(labels))
+    for limit in (None, 3):  # names that match: the archive is what is read
+        assert not load_split(folder, "eval", limit).images.any()
+    (folder / ARRAYS.format(split="eval")).write_bytes(b"not a zip")
+    assert np.array_equal(load_split(folder, "eval").images, truth.images)

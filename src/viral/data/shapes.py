@@ -7,6 +7,10 @@ colours on varied backgrounds (flat colours, gradients, noise), and writes:
 - `labels/{split}_{i:06d}.png`                  the dense label map: red channel = shape id
                                                (0 background, 1 circle, 2 square, 3 triangle),
                                                green channel = colour id (0 background, 1.. in COLOURS order);
+- `arrays-{split}.npz`                         the same split as one archive (`ARRAYS`): `names` (the PNG file
+                                               names, sorted), `images` uint8 [n, S, S, 3] and `labels` uint8
+                                               [n, S, S, 2] (red and green of the label maps), so loaders
+                                               need not decode thousands of PNGs;
 - `train.json`                                 LLaVA-format instruction records (multi-turn QA);
 - `captions.json`                              LLaVA-format caption records for projector pre-training;
 - `text.json`                                  the same training turns and captions without their images
@@ -50,6 +54,7 @@ INSTRUCTIONS = {
     "position": "Answer with one word.",
 }
 MAX_OBJECTS = 6
+ARRAYS = "arrays-{split}.npz"  # a split's names, images and label maps as one numpy archive (format string)
 
 
 @dataclass
@@ -231,18 +236,25 @@ def _question(rng, objects, qtype, size):
 
 def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, max_objects: int, turns: int,
                    types: list[str], weights: np.ndarray | None, progress: bool = False,
-                   threads: int | None = None) -> dict[str, list[dict]]:
-    """Draw and save the scenes `indices` of `split`; their records in order, per output file.
+                   threads: int | None = None) -> tuple[dict[str, list[dict]], list[str], np.ndarray, np.ndarray]:
+    """Draw and save the scenes `indices` of `split`: their records in order, per output file, and their
+    file names, images `[n, S, S, 3]` and label maps `[n, S, S, 2]` (what decoding the PNGs gives).
 
     Every scene has its own random stream (`draw_scene`), so any split of the indices into chunks, in any
     process, writes the same files and records. `threads` is accepted for `run_parallel` and unused.
     """
     records: dict[str, list[dict]] = {"train.json": [], "captions.json": []} if split == "train" else {"eval.jsonl": []}
-    for i in tqdm(indices, desc=f"ShapesWorld {split}", disable=not progress):
+    names: list[str] = []
+    images = np.zeros((len(indices), size, size, 3), np.uint8)
+    label_maps = np.zeros((len(indices), size, size, 2), np.uint8)
+    for k, i in enumerate(tqdm(indices, desc=f"ShapesWorld {split}", disable=not progress)):
         rng, objects, image, labels = draw_scene(seed, split, i, size, max_objects)
         name = f"{split}_{i:06d}.png"
         image.save(out / "images" / name)
         labels.save(out / "labels" / name)
+        names.append(name)
+        images[k] = np.asarray(image)  # PNG is lossless: the same bytes as decoding the file
+        label_maps[k] = np.asarray(labels)[..., :2]
         rel = f"images/{name}"
         if split == "train":
             conversation, asked = [], set()
@@ -273,7 +285,20 @@ def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, 
                 question, answer = made
                 records["eval.jsonl"].append({"question_id": f"eval-{i}-{qtype}", "image": rel, "question": question,
                                               "answer": answer, "type": qtype})
-    return records
+    return records, names, images, label_maps
+
+
+def write_arrays(out: str | Path, split: str, names: list[str], images: np.ndarray, labels: np.ndarray) -> Path:
+    """`ARRAYS` for `split`: the images and label maps ordered by sorted file name, uncompressed."""
+    order = sorted(range(len(names)), key=lambda k: names[k])
+    if order != list(range(len(names))):  # drawn in index order, which is name order: no copy needed
+        names, images, labels = [names[k] for k in order], images[order], labels[order]
+    path = Path(out) / ARRAYS.format(split=split)
+    partial = path.with_name(f".{path.name}.tmp")  # a killed run leaves no half-written archive under the name
+    with open(partial, "wb") as file:
+        np.savez(file, names=np.array(names, dtype=str), images=images, labels=labels)
+    partial.replace(path)
+    return path
 
 
 TEXT_CORPUS = "text.json"
@@ -328,9 +353,16 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
         chunks = [range(start, min(count, start + step)) for start in range(0, count, step)] or [range(0)]
         calls = [(out, seed, split, chunk, size, max_objects, turns, types, weights, progress and jobs <= 1)
                  for chunk in chunks]
-        for part in run_parallel(_scene_records, calls, jobs):
+        names, image_parts, label_parts = [], [], []
+        for part, part_names, part_images, part_labels in run_parallel(_scene_records, calls, jobs):
             for name, records in part.items():
                 written.setdefault(name, []).extend(records)
+            names += part_names
+            image_parts.append(part_images)
+            label_parts.append(part_labels)
+        images, labels = (parts[0] if len(parts) == 1 else np.concatenate(parts)
+                          for parts in (image_parts, label_parts))
+        write_arrays(out, split, names, images, labels)
     (out / "train.json").write_text(json.dumps(written["train.json"]))
     (out / "captions.json").write_text(json.dumps(written["captions.json"]))
     write_text_corpus(out, written["train.json"] + written["captions.json"])

@@ -2,16 +2,20 @@
 
 Objects are recovered from the label maps (connected regions of one shape and colour id; ShapesWorld
 never lets two objects touch), so anything that writes the same layout works, whatever drew it.
+Images and label maps come from the split's `arrays-{split}.npz` when its names match the PNGs, else from the PNGs.
 """
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from viral.data.shapes import ARRAYS
 
 
 @dataclass
@@ -61,11 +65,14 @@ def objects_from_labels(labels: np.ndarray) -> list[WorldObject]:
 def load_split(data_dir: str | Path, split: str, limit: int | None = None) -> WorldSplit:
     """Images, label maps and objects of `split` ("train" or "eval") in a ShapesWorld folder."""
     data_dir = Path(data_dir)
-    names = sorted(p.name for p in (data_dir / "images").glob(f"{split}_*.png"))
-    if limit is not None:
-        names = names[:limit]
+    every = sorted(p.name for p in (data_dir / "images").glob(f"{split}_*.png"))
+    names = every if limit is None else every[:limit]
+    arrays = _split_arrays(data_dir / ARRAYS.format(split=split), every, len(names))
     if not names:
         raise FileNotFoundError(f"{data_dir}/images holds no {split}_*.png (write a world with `viral shapes generate`)")
+    if arrays is not None:
+        images, labels = arrays
+        return WorldSplit(names, images, labels, [objects_from_labels(label) for label in labels])
     images, labels, objects = [], [], []
     for name in names:
         label_file = data_dir / "labels" / name
@@ -76,3 +83,36 @@ def load_split(data_dir: str | Path, split: str, limit: int | None = None) -> Wo
         labels.append(label)
         objects.append(objects_from_labels(label))
     return WorldSplit(names, np.stack(images), np.stack(labels), objects)
+
+
+def _split_arrays(path: Path, names: list[str], rows: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first `rows` images and label maps of the split's archive, if it holds exactly the PNGs `names`
+    (else None: a stale or unreadable archive leaves the PNGs to be read)."""
+    if not names or not path.is_file():
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            with archive.open("names.npy") as file:
+                if np.lib.format.read_array(file).tolist() != names:  # the PNGs were rewritten or added to
+                    return None
+            return tuple(_leading_rows(archive, key, rows, len(names)) for key in ("images", "labels"))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _leading_rows(archive: zipfile.ZipFile, key: str, rows: int, count: int) -> np.ndarray:
+    """The first `rows` of the archive's uint8 array `key` of `count` rows, reading no further than them."""
+    with archive.open(f"{key}.npy") as file:
+        npy = np.lib.format
+        read_header = npy.read_array_header_1_0 if npy.read_magic(file) == (1, 0) else npy.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(file)
+        if fortran_order or dtype != np.uint8 or not shape or shape[0] != count:
+            raise ValueError(f"{key}: not a C-ordered uint8 array of {count} rows")
+        out = np.empty((rows, *shape[1:]), dtype)
+        flat, chunk = out.reshape(-1).view(np.uint8), 1 << 18  # 256 KiB reads, as np.load: each stays in cache
+        for start in range(0, flat.size, chunk):
+            data = file.read(min(chunk, flat.size - start))
+            if len(data) < min(chunk, flat.size - start):
+                raise EOFError(f"{key}: the archive ends before row {rows}")
+            flat[start:start + len(data)] = np.frombuffer(data, np.uint8)
+        return out
