@@ -91,28 +91,14 @@ def _split_arrays(path: Path, names: list[str], rows: int) -> tuple[np.ndarray, 
     if not names or not path.is_file():
         return None
     try:
-        with zipfile.ZipFile(path) as archive:
-            with archive.open("names.npy") as file:
-                if np.lib.format.read_array(file).tolist() != names:  # the PNGs were rewritten or added to
-                    return None
-            return tuple(_leading_rows(archive, key, rows, len(names)) for key in ("images", "labels"))
+        with np.load(path) as archive:
+            if archive["names"].tolist() != names:  # the PNGs were rewritten or added to
+                return None
+            images, labels = archive["images"], archive["labels"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-
-
-def _leading_rows(archive: zipfile.ZipFile, key: str, rows: int, count: int) -> np.ndarray:
-    """The first `rows` of the archive's uint8 array `key` of `count` rows, reading no further than them."""
-    with archive.open(f"{key}.npy") as file:
-        npy = np.lib.format
-        read_header = npy.read_array_header_1_0 if npy.read_magic(file) == (1, 0) else npy.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(file)
-        if fortran_order or dtype != np.uint8 or not shape or shape[0] != count:
-            raise ValueError(f"{key}: not a C-ordered uint8 array of {count} rows")
-        out = np.empty((rows, *shape[1:]), dtype)
-        flat, chunk = out.reshape(-1).view(np.uint8), 1 << 18  # 256 KiB reads, as np.load: each stays in cache
-        for start in range(0, flat.size, chunk):
-            data = file.read(min(chunk, flat.size - start))
-            if len(data) < min(chunk, flat.size - start):
-                raise EOFError(f"{key}: the archive ends before row {rows}")
-            flat[start:start + len(data)] = np.frombuffer(data, np.uint8)
-        return out
+    if images.dtype != np.uint8 or labels.dtype != np.uint8 or len(images) != len(names) or len(labels) != len(names):
+        return None
+    if rows < len(names):  # a copy, so that the rest of the archive's arrays is freed
+        return images[:rows].copy(), labels[:rows].copy()
+    return images, labels
