@@ -91,3 +91,11 @@ def test_command_argument_mistakes_use_the_same_one_line_form(tmp_path, capsys, 
                  "--probe-tasks", "count,shape"]) == 2
     [line] = error_lines(capsys.readouterr().err)
     assert "--probe-tasks" in line and "unknown shape" in line and "existence" in line
+    assert main(["shapes", "oracle", "--data", str(tmp_path), "--encoders", str(tmp_path), "--out",
+                 str(tmp_path / "oracle"), "--types", "count,shape"]) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert "--types" in line and "unknown shape" in line and "relation" in line
+    assert main(["shapes", "oracle", "--data", str(tmp_path / "none"), "--encoders", str(tmp_path), "--out",
+                 str(tmp_path / "oracle")]) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert "--data" in line and "none" in line

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from viral.data.shapes import ARRAYS, DEFAULT_TYPES, QUESTION_TYPES, SHAPES, draw_scene, generate
+from viral.data.shapes import ARRAYS, DEFAULT_TYPES, QUESTION_TYPES, SHAPES, draw_scene, generate, scene_words
 from viral.study.world import load_split
 
 
@@ -169,3 +169,14 @@ def test_the_split_arrays_hold_the_same_images_and_labels_as_the_pngs(tmp_path):
         assert not load_split(folder, "eval", limit).images.any()
     (folder / ARRAYS.format(split="eval")).write_bytes(b"not a zip")
     assert np.array_equal(load_split(folder, "eval").images, truth.images)
+
+
+def test_scene_words_name_the_object_covering_each_cell_in_raster_order():
+    labels = np.zeros((24, 24, 2), np.uint8)  # 2 x 2 cells of 12 px
+    labels[:12, 12:] = (1, 1)  # top right: a red circle covering the whole cell
+    labels[12:18, :12] = (3, 3)  # bottom left: a blue triangle covering half of it
+    labels[12:14, 12:14] = (2, 2)  # bottom right: a green square covering 4 / 144, under min_cover
+    assert scene_words(labels, 2) == "blank redcircle bluetriangle blank"
+    labels[12:24, :6] = (2, 4)  # the bottom-left cell now half yellow square, 3/8 blue triangle
+    assert scene_words(labels, 2).split()[2] == "yellowsquare"
+    assert scene_words(labels, 2, min_cover=0.6).split() == ["blank", "redcircle", "blank", "blank"]

@@ -348,3 +348,59 @@ def test_the_student_starts_from_clip_random_positions_unless_asked_for_sincos()
     assert random.std() < 0.05 and not torch.allclose(random, sincos_positions(4, 32), atol=0.1)
     with pytest.raises(ValueError, match="student_positions"):
         build_student(EncoderSettings(**settings, student_positions="learned"), 32)
+
+
+def test_question_type_reads_every_shapesworld_question():
+    from viral.data.shapes import QUESTION_TYPES, _question, draw_scene
+    from viral.study.oracle import question_type
+
+    seen = set()
+    for index in range(40):
+        rng, objects, _, _ = draw_scene(1, "train", index, 64, 3)
+        for qtype in QUESTION_TYPES:
+            made = _question(rng, objects, qtype, 64)
+            if made is not None:
+                assert question_type(made[0]) == qtype, made
+                seen.add(qtype)
+    assert seen == set(QUESTION_TYPES)
+
+
+def test_scene_oracle_trains_on_scene_text_and_scores_the_kept_types(tmp_path, small_world, stage0):
+    from viral.data.shapes import scene_words
+    from viral.study.oracle import CORPUS_NAME, PREDICTIONS_NAME, RESULT_NAME, OracleSettings, scene_oracle
+    from viral.study.world import load_split
+
+    encoders, _ = stage0
+    settings = OracleSettings(steps=2, types=["count", "existence"], single_turn=True,
+                              overrides=["model.hidden_size=32", "model.num_layers=2"])
+    result = scene_oracle(small_world, encoders, tmp_path / "oracle", settings)
+    assert result["grid"] == 4  # the fixture's student: 32-px images in 8-px patches
+    train = load_split(small_world, "train")
+    scenes = {name: scene_words(labels, 4) for name, labels in zip(train.names, train.labels)}
+    corpus = json.loads((tmp_path / "oracle" / CORPUS_NAME).read_text())
+    source = {f"train-{i}": r for i, r in enumerate(json.loads((Path(small_world) / "train.json").read_text()))}
+    kept = 0
+    for record in corpus:
+        human, gpt = record["conversations"]  # single turn
+        original = source[record["id"].split("-", 1)[1].rsplit("-", 1)[0]]
+        scene = scenes[Path(original["image"]).name]
+        assert "<image>" not in human["value"] and human["value"].startswith(scene + "\n")
+        question = human["value"][len(scene) + 1:]
+        assert question.startswith(("How many", "Is there"))
+        turns = original["conversations"]
+        answers = {t["value"].replace("<image>\n", ""): a["value"] for t, a in zip(turns[::2], turns[1::2])}
+        assert answers[question] == gpt["value"]
+        kept += 1
+    assert kept == result["records"] == sum(
+        1 for r in source.values() for t in r["conversations"][::2]
+        if t["value"].replace("<image>\n", "").startswith(("How many", "Is there")))
+    saved = json.loads((tmp_path / "oracle" / RESULT_NAME).read_text())
+    assert saved["scores"] == result["scores"] and set(result["scores"]) == {"accuracy", "count", "existence"}
+    bench = [json.loads(line) for line in (Path(small_world) / "eval.jsonl").read_text().splitlines()]
+    asked = [row for row in bench if row["type"] in ("count", "existence")]
+    predictions = [json.loads(line) for line in (tmp_path / "oracle" / PREDICTIONS_NAME).read_text().splitlines()]
+    assert [p["question_id"] for p in predictions] == [row["question_id"] for row in asked]
+    evaluation = load_split(small_world, "eval")
+    eval_scenes = {name: scene_words(labels, 4) for name, labels in zip(evaluation.names, evaluation.labels)}
+    for prediction, row in zip(predictions, asked):
+        assert prediction["prompt"] == f"{eval_scenes[Path(row['image']).name]}\n{row['question']}"

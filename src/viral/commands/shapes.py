@@ -1,5 +1,6 @@
 """`viral shapes generate`: write the built-in ShapesWorld dataset (training records, ShapesBench, label maps).
-`viral shapes encoders`: stage 0 of the study - train the student vision tower and the teacher VFM on it."""
+`viral shapes encoders`: stage 0 of the study - train the student vision tower and the teacher VFM on it.
+`viral shapes oracle`: the study's tiny LLM trained and scored with each image replaced by its scene as text."""
 
 from __future__ import annotations
 
@@ -42,6 +43,28 @@ def register(subparsers) -> None:
     enc.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     enc.set_defaults(func=run_encoders)
 
+    oracle = sub.add_parser(
+        "oracle", help="can the tiny LLM learn each question type when the scene is given as text?",
+        description="Replaces every image by its exact scene as text (one word per grid cell in raster order: "
+                    "'bluetriangle' or 'blank'), trains the study's tiny LLM on the world's training questions "
+                    "with it (the study's language-stage config) and scores ShapesBench the same way. A type "
+                    "at chance here is one the LLM does not learn in that budget even from perfect input. "
+                    "Writes OUT/oracle.json, OUT/predictions.jsonl and the run under OUT/language.",
+    )
+    oracle.add_argument("--data", required=True, help="ShapesWorld folder (from `viral study` or `viral shapes generate`)")
+    oracle.add_argument("--encoders", required=True,
+                        help="stage-0 encoders folder (the tiny LLaVA is built on its student, which the text never uses)")
+    oracle.add_argument("--out", required=True, help="output folder")
+    oracle.add_argument("--steps", type=int, default=1000, help="training steps (batch 32, as the study)")
+    oracle.add_argument("--types", default=None,
+                        help="comma-separated question types to train and score (default: all five)")
+    oracle.add_argument("--single-turn", action="store_true",
+                        help="one record per question instead of the study's multi-turn conversations")
+    oracle.add_argument("--seed", type=int, default=0, help="the tiny LLM's initialisation and data order")
+    oracle.add_argument("--eval-limit", type=int, default=None, help="ShapesBench questions scored (default: all)")
+    oracle.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    oracle.set_defaults(func=run_oracle)
+
 
 def run_generate(args) -> int:
     from viral.data.shapes import MAX_OBJECTS, generate
@@ -56,6 +79,19 @@ def run_generate(args) -> int:
         raise UserError(f"shapes generate: {error}") from error
     print(f"ShapesWorld written to {out}")
     return 0
+
+
+def parse_types(text: str) -> list[str]:
+    """`existence,relation` -> ["existence", "relation"]; an unknown name is the user's error, with the choices."""
+    from viral.errors import UserError
+    from viral.study.pipeline import QUESTION_TYPES
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in QUESTION_TYPES]
+    if unknown or not names:
+        raise UserError(f"--types {text!r}: unknown {', '.join(unknown) or 'empty list'}; "
+                        f"choose from {', '.join(QUESTION_TYPES)}")
+    return names
 
 
 def parse_probe_tasks(text: str) -> list[str]:
@@ -94,4 +130,26 @@ def run_encoders(args) -> int:
     summary["student_eval"], summary["teacher_eval"] = report["student"]["eval"], report["teacher"]["eval"]
     print(json.dumps(summary, indent=2))
     print(f"encoders written to {args.out} (student/, teacher/, report.json)")
+    return 0
+
+
+def run_oracle(args) -> int:
+    import json
+    import logging
+    from pathlib import Path
+
+    from viral.errors import UserError
+    from viral.study.oracle import OracleSettings, scene_oracle
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = OracleSettings(steps=args.steps, single_turn=args.single_turn, seed=args.seed,
+                              eval_limit=args.eval_limit)
+    if args.types is not None:
+        settings.types = parse_types(args.types)
+    for folder, what in ((Path(args.data) / "train.json", "--data"), (Path(args.encoders) / "student", "--encoders")):
+        if not folder.exists():
+            raise UserError(f"{what}: {folder} does not exist")
+    result = scene_oracle(args.data, args.encoders, args.out, settings, threads=args.threads)
+    print(json.dumps({"scores": result["scores"], "final_loss": result["final_loss"]}, indent=2))
+    print(f"oracle written to {args.out} (oracle.json, predictions.jsonl, language/)")
     return 0

@@ -302,6 +302,27 @@ def write_arrays(out: str | Path, split: str, names: list[str], images: np.ndarr
 
 
 TEXT_CORPUS = "text.json"
+SCENE_BLANK = "blank"  # the word of a grid cell no object covers
+
+
+def scene_words(labels: np.ndarray, grid: int, min_cover: float = 0.25) -> str:
+    """The scene of a label map `[S, S, 2]` as `grid * grid` words in raster order, one per cell, as the image
+    tokens are: the (colour, shape) covering most of the cell as one word ("bluetriangle"), or `SCENE_BLANK`
+    when no object covers `min_cover` of it. The text analogue of the image the LLM sees."""
+    cell = labels.shape[0] // grid
+    ids = labels[:grid * cell, :grid * cell, 0].astype(np.int64) * 16 + labels[:grid * cell, :grid * cell, 1]
+    cells = ids.reshape(grid, cell, grid, cell).transpose(0, 2, 1, 3).reshape(grid * grid, cell * cell)
+    colours = list(COLOURS)
+    words = []
+    for pixels in cells:  # [cell * cell] object ids of one cell
+        covered = np.bincount(pixels, minlength=16 * (len(SHAPES) + 1))
+        covered[:16] = 0  # shape id 0: background
+        best = int(covered.argmax())
+        if covered[best] >= min_cover * cell * cell:
+            words.append(f"{colours[best % 16 - 1]}{SHAPES[best // 16 - 1]}")
+        else:
+            words.append(SCENE_BLANK)
+    return " ".join(words)
 
 
 def write_text_corpus(out: str | Path, records: list[dict] | None = None) -> Path:

@@ -1,0 +1,164 @@
+"""The scene-text oracle: can the study's tiny LLM learn ShapesBench's question types at all?
+
+The study's image pipeline can fail a question type in two places: the image tokens may not carry what the
+question needs, or the LLM may not learn to use it. The oracle removes the first: every image is replaced by
+its exact scene as text (`scene_words`: one word per grid cell in raster order, the cell's colour and shape
+or "blank", as the image tokens are laid out), and the study's tiny LLM is trained from scratch on the
+world's training questions with that text in place of the image - the study's language stage (same config,
+tokenizer and optimiser, `stage_configs` / `run_one`) on a different corpus. It is then scored on
+ShapesBench with the eval images' scenes as text. A type at chance here is a type the LLM does not learn in
+that budget even when it is handed the answer's ingredients word by word.
+
+Options narrow the question: `types` keeps only those questions (training and benchmark), `single_turn`
+makes one record per question instead of the study's multi-turn conversations.
+
+Writes under OUT: `scene-text.json` (the corpus), `language/` (the run), `oracle.json` (settings, scores per
+type, the training loss) and `predictions.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from viral.data.shapes import scene_words
+from viral.study.pipeline import QUESTION_TYPES, StudySettings, run_one, stage_configs
+from viral.study.world import load_split
+
+logger = logging.getLogger(__name__)
+
+CORPUS_NAME = "scene-text.json"
+RESULT_NAME = "oracle.json"
+PREDICTIONS_NAME = "predictions.jsonl"
+IMAGE_MARK = "<image>"
+
+
+@dataclass
+class OracleSettings:
+    """What the oracle trains on and for how long."""
+
+    steps: int = 1000
+    types: list[str] = field(default_factory=lambda: list(QUESTION_TYPES))
+    single_turn: bool = False
+    grid: int | None = None  # cells per side (None: the student's patch grid, image size // patch size)
+    seed: int = 0
+    eval_limit: int | None = None  # ShapesBench questions scored (None: all of the kept types)
+    overrides: list[str] = field(default_factory=lambda: ["data.model_max_length=320"])
+
+
+def question_type(question: str) -> str:
+    """The ShapesWorld type of a training question, from its wording."""
+    if question.startswith("How many"):
+        return "count"
+    if question.startswith("Is there"):
+        return "existence"
+    if question.startswith("What colour"):
+        return "colour"
+    if " half?" in question:
+        return "position"
+    return "relation"
+
+
+def scene_text_records(records: list[dict], scenes: dict[str, str], types: list[str],
+                       single_turn: bool) -> list[dict]:
+    """The training `records` with each image replaced by its scene text (`scenes`: image file name -> text),
+    keeping the turns whose question is of `types`; one record per turn when `single_turn`."""
+    out = []
+    for record in records:
+        scene = scenes[Path(record["image"]).name]
+        turns = record["conversations"]
+        kept = []
+        for human, gpt in zip(turns[::2], turns[1::2]):
+            question = human["value"].replace(f"{IMAGE_MARK}\n", "").replace(IMAGE_MARK, "").strip()
+            if question_type(question) in types:
+                kept.append((question, gpt["value"]))
+        groups = [[turn] for turn in kept] if single_turn else ([kept] if kept else [])
+        for k, group in enumerate(groups):
+            conversation = []
+            for i, (question, answer) in enumerate(group):
+                conversation += [{"from": "human", "value": f"{scene}\n{question}" if i == 0 else question},
+                                 {"from": "gpt", "value": answer}]
+            out.append({"id": f"scene-{record['id']}-{k}", "conversations": conversation})
+    return out
+
+
+def student_grid(encoders_dir: Path) -> int:
+    """Image-token grid side of the stage-0 student: its image size // patch size."""
+    from viral.study.encoders import STUDENT_DIR
+
+    vision = json.loads((encoders_dir / STUDENT_DIR / "config.json").read_text())
+    return int(vision["image_size"]) // int(vision["patch_size"])
+
+
+def split_scenes(data_dir: Path, split: str, grid: int) -> dict[str, str]:
+    world = load_split(data_dir, split)
+    return {name: scene_words(labels, grid) for name, labels in zip(world.names, world.labels)}
+
+
+def score_scene_text(model_dir: Path, data_dir: Path, scenes: dict[str, str], types: list[str],
+                     limit: int | None, out: Path, batch_size: int = 64) -> dict[str, float]:
+    """ShapesBench with each question's image replaced by its scene text; writes `PREDICTIONS_NAME`."""
+    from tqdm import tqdm
+
+    from viral.evaluate.base import Prediction
+    from viral.evaluate.shapes import ShapesBench
+    from viral.infer import Predictor
+
+    bench = ShapesBench()
+    records = [r for r in bench.load_records(data_dir) if r.groups["type"] in types][:limit]
+    predictor = Predictor.from_pretrained(str(model_dir))
+    predictions = []
+    for start in tqdm(range(0, len(records), batch_size), desc="oracle ShapesBench", leave=False):
+        batch = records[start:start + batch_size]
+        prompts = [f"{scenes[Path(r.image.path).name]}\n{bench.build_prompt(r)}" for r in batch]
+        outputs = predictor.generate([None] * len(batch), prompts, max_new_tokens=4)
+        for record, prompt, text in zip(batch, prompts, outputs):
+            parsed = bench.parse_answer(text, record)
+            predictions.append(Prediction(record, prompt, text, parsed, bench.is_correct(parsed, record)))
+    (out / PREDICTIONS_NAME).write_text("".join(json.dumps(p.to_json()) + "\n" for p in predictions))
+    return bench.score(predictions).metrics
+
+
+def scene_oracle(data_dir: str | Path, encoders_dir: str | Path, out: str | Path,
+                 settings: OracleSettings | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Train the tiny LLM on the scene-text corpus and score it on ShapesBench as text; returns `oracle.json`."""
+    settings = settings or OracleSettings()
+    unknown = sorted(set(settings.types) - set(QUESTION_TYPES))
+    if unknown or not settings.types:
+        raise ValueError(f"types {settings.types}: choose among {QUESTION_TYPES}")
+    data_dir, out = Path(data_dir), Path(out)
+    grid = settings.grid or student_grid(Path(encoders_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    records = json.loads((data_dir / "train.json").read_text())
+    corpus = scene_text_records(records, split_scenes(data_dir, "train", grid), settings.types,
+                                settings.single_turn)
+    if not corpus:
+        raise ValueError(f"{data_dir / 'train.json'}: no training question of types {settings.types}")
+    (out / CORPUS_NAME).write_text(json.dumps(corpus))
+    study = StudySettings(seeds=[settings.seed], overrides=list(settings.overrides),
+                          language_steps=settings.steps)
+    config = stage_configs(study, settings.seed, data_dir, Path(encoders_dir), out)["language"]
+    config["data"]["path"] = str(out / CORPUS_NAME)
+    config["model"]["tokenizer_corpus"] += f",{out / CORPUS_NAME}"
+    config["train"]["disable_tqdm"] = False  # one run in this process: its own progress bar
+    record = run_one(config, threads=threads)
+    scores = score_scene_text(out / "language", data_dir, split_scenes(data_dir, "eval", grid),
+                              settings.types, settings.eval_limit, out)
+    result = {"settings": asdict(settings), "grid": grid, "records": len(corpus), "scores": scores,
+              "seconds": record.get("train_seconds"), "final_loss": _final_loss(out / "language")}
+    (out / RESULT_NAME).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _final_loss(run_dir: Path) -> float | None:
+    from viral.runs import METRICS_NAME
+
+    metrics = run_dir / METRICS_NAME
+    if not metrics.is_file():  # fewer steps than the logging interval
+        return None
+    losses = [json.loads(line).get("loss") for line in metrics.read_text().splitlines() if line]
+    losses = [loss for loss in losses if loss is not None]
+    return round(losses[-1], 4) if losses else None
