@@ -10,7 +10,8 @@ ShapesBench with the eval images' scenes as text. A type at chance here is a typ
 that budget even when it is handed the answer's ingredients word by word.
 
 Options narrow the question: `types` keeps only those questions (training and benchmark), `single_turn`
-makes one record per question instead of the study's multi-turn conversations.
+makes one record per question instead of the study's multi-turn conversations, `row_end` closes every row of
+the scene with a word (does a row delimiter let the LLM read columns, which a raster order hides?).
 
 Writes under OUT: `scene-text.json` (the corpus), `language/` (the run), `oracle.json` (settings, scores per
 type, the training loss) and `predictions.jsonl`.
@@ -46,6 +47,7 @@ class OracleSettings:
     grid: int | None = None  # cells per side (None: the student's patch grid, image size // patch size)
     seed: int = 0
     eval_limit: int | None = None  # ShapesBench questions scored (None: all of the kept types)
+    row_end: str | None = None  # a word closing each row of the scene (None: the rows run on, as image tokens do)
     overrides: list[str] = field(default_factory=lambda: ["data.model_max_length=320"])
 
 
@@ -93,9 +95,9 @@ def student_grid(encoders_dir: Path) -> int:
     return int(vision["image_size"]) // int(vision["patch_size"])
 
 
-def split_scenes(data_dir: Path, split: str, grid: int) -> dict[str, str]:
+def split_scenes(data_dir: Path, split: str, grid: int, row_end: str | None = None) -> dict[str, str]:
     world = load_split(data_dir, split)
-    return {name: scene_words(labels, grid) for name, labels in zip(world.names, world.labels)}
+    return {name: scene_words(labels, grid, row_end=row_end) for name, labels in zip(world.names, world.labels)}
 
 
 def score_scene_text(model_dir: Path, data_dir: Path, scenes: dict[str, str], types: list[str],
@@ -133,7 +135,7 @@ def scene_oracle(data_dir: str | Path, encoders_dir: str | Path, out: str | Path
     grid = settings.grid or student_grid(Path(encoders_dir))
     out.mkdir(parents=True, exist_ok=True)
     records = json.loads((data_dir / "train.json").read_text())
-    corpus = scene_text_records(records, split_scenes(data_dir, "train", grid), settings.types,
+    corpus = scene_text_records(records, split_scenes(data_dir, "train", grid, settings.row_end), settings.types,
                                 settings.single_turn)
     if not corpus:
         raise ValueError(f"{data_dir / 'train.json'}: no training question of types {settings.types}")
@@ -145,7 +147,7 @@ def scene_oracle(data_dir: str | Path, encoders_dir: str | Path, out: str | Path
     config["model"]["tokenizer_corpus"] += f",{out / CORPUS_NAME}"
     config["train"]["disable_tqdm"] = False  # one run in this process: its own progress bar
     record = run_one(config, threads=threads)
-    scores = score_scene_text(out / "language", data_dir, split_scenes(data_dir, "eval", grid),
+    scores = score_scene_text(out / "language", data_dir, split_scenes(data_dir, "eval", grid, settings.row_end),
                               settings.types, settings.eval_limit, out)
     result = {"settings": asdict(settings), "grid": grid, "records": len(corpus), "scores": scores,
               "seconds": record.get("train_seconds"), "final_loss": _final_loss(out / "language")}
