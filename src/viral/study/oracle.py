@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from viral.data.shapes import scene_words
+from viral.study.encoders import STUDENT_DIR
 from viral.study.pipeline import QUESTION_TYPES, StudySettings, run_one, stage_configs
 from viral.study.world import load_split
 
@@ -89,13 +90,12 @@ def scene_text_records(records: list[dict], scenes: dict[str, str], types: list[
 
 def student_grid(encoders_dir: Path) -> int:
     """Image-token grid side of the stage-0 student: its image size // patch size."""
-    from viral.study.encoders import STUDENT_DIR
-
     vision = json.loads((encoders_dir / STUDENT_DIR / "config.json").read_text())
     return int(vision["image_size"]) // int(vision["patch_size"])
 
 
 def split_scenes(data_dir: Path, split: str, grid: int, row_end: str | None = None) -> dict[str, str]:
+    """Image file name -> scene text (`scene_words`) for every image of `split`."""
     world = load_split(data_dir, split)
     return {name: scene_words(labels, grid, row_end=row_end) for name, labels in zip(world.names, world.labels)}
 
