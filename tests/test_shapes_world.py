@@ -178,6 +178,7 @@ def test_scene_words_name_the_object_covering_each_cell_in_raster_order():
     labels[12:14, 12:14] = (2, 2)  # bottom right: a green square covering 4 / 144, under min_cover
     assert scene_words(labels, 2) == "blank redcircle bluetriangle blank"
     assert scene_words(labels, 2, row_end="row") == "blank redcircle row bluetriangle blank row"
+    assert scene_words(labels, 2, cell_names=True) == "r0c0 blank r0c1 redcircle r1c0 bluetriangle r1c1 blank"
     labels[12:24, :6] = (2, 4)  # the bottom-left cell now half yellow square, 3/8 blue triangle
     assert scene_words(labels, 2).split()[2] == "yellowsquare"
     assert scene_words(labels, 2, min_cover=0.6).split() == ["blank", "redcircle", "blank", "blank"]

@@ -63,6 +63,9 @@ def register(subparsers) -> None:
     oracle.add_argument("--row-end", default=None, metavar="WORD",
                         help="a word closing each row of the scene, as LLaVA-NeXT's image-newline token "
                              "(default: none; rows run on, as the study's image tokens do)")
+    oracle.add_argument("--cell-names", action="store_true",
+                        help="put a word naming its row and column ('r2c5') before each cell's word, the text "
+                             "analogue of a 2-D position embedding on each image token")
     oracle.add_argument("--seed", type=int, default=0, help="the tiny LLM's initialisation and data order")
     oracle.add_argument("--eval-limit", type=int, default=None, help="ShapesBench questions scored (default: all)")
     oracle.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -146,7 +149,8 @@ def run_oracle(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = OracleSettings(steps=args.steps, single_turn=args.single_turn, seed=args.seed,
-                              eval_limit=args.eval_limit, row_end=args.row_end)
+                              eval_limit=args.eval_limit, row_end=args.row_end,
+                              cell_names=args.cell_names)
     if args.types is not None:
         settings.types = parse_types(args.types)
     for folder, what in ((Path(args.data) / "train.json", "--data"), (Path(args.encoders) / "student", "--encoders")):

@@ -305,11 +305,14 @@ TEXT_CORPUS = "text.json"
 SCENE_BLANK = "blank"  # the word of a grid cell no object covers
 
 
-def scene_words(labels: np.ndarray, grid: int, min_cover: float = 0.25, row_end: str | None = None) -> str:
+def scene_words(labels: np.ndarray, grid: int, min_cover: float = 0.25, row_end: str | None = None,
+                cell_names: bool = False) -> str:
     """The scene of a label map `[S, S, 2]` as `grid * grid` words in raster order, one per cell, as the image
     tokens are: the (colour, shape) covering most of the cell as one word ("bluetriangle"), or `SCENE_BLANK`
     when no object covers `min_cover` of it. The text analogue of the image the LLM sees. `row_end`: a word
-    closing every row (as LLaVA-NeXT's image-newline token closes each row of image tokens)."""
+    closing every row (as LLaVA-NeXT's image-newline token closes each row of image tokens). `cell_names`:
+    each cell's word follows a word naming the cell ("r2c5": row 2, column 5), the text analogue of a 2-D
+    position embedding on each image token."""
     cell = labels.shape[0] // grid
     ids = labels[:grid * cell, :grid * cell, 0].astype(np.int64) * 16 + labels[:grid * cell, :grid * cell, 1]
     cells = ids.reshape(grid, cell, grid, cell).transpose(0, 2, 1, 3).reshape(grid * grid, cell * cell)
@@ -323,6 +326,8 @@ def scene_words(labels: np.ndarray, grid: int, min_cover: float = 0.25, row_end:
             words.append(f"{colours[best % 16 - 1]}{SHAPES[best // 16 - 1]}")
         else:
             words.append(SCENE_BLANK)
+    if cell_names:
+        words = [f"r{k // grid}c{k % grid} {word}" for k, word in enumerate(words)]
     if row_end is not None:
         words = [word for row in range(grid) for word in words[row * grid:(row + 1) * grid] + [row_end]]
     return " ".join(words)

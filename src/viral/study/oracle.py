@@ -11,7 +11,8 @@ that budget even when it is handed the answer's ingredients word by word.
 
 Options narrow the question: `types` keeps only those questions (training and benchmark), `single_turn`
 makes one record per question instead of the study's multi-turn conversations, `row_end` closes every row of
-the scene with a word (does a row delimiter let the LLM read columns, which a raster order hides?).
+the scene with a word (does a row delimiter let the LLM read columns, which a raster order hides?), and
+`cell_names` puts a word naming its row and column before each cell (does an explicit 2-D position do it?).
 
 Writes under OUT: `scene-text.json` (the corpus), `language/` (the run), `oracle.json` (settings, scores per
 type, the training loss) and `predictions.jsonl`.
@@ -49,6 +50,7 @@ class OracleSettings:
     seed: int = 0
     eval_limit: int | None = None  # ShapesBench questions scored (None: all of the kept types)
     row_end: str | None = None  # a word closing each row of the scene (None: the rows run on, as image tokens do)
+    cell_names: bool = False  # each cell's word after a word naming its row and column ("r2c5")
     overrides: list[str] = field(default_factory=lambda: ["data.model_max_length=320"])
 
 
@@ -94,10 +96,12 @@ def student_grid(encoders_dir: Path) -> int:
     return int(vision["image_size"]) // int(vision["patch_size"])
 
 
-def split_scenes(data_dir: Path, split: str, grid: int, row_end: str | None = None) -> dict[str, str]:
+def split_scenes(data_dir: Path, split: str, grid: int, row_end: str | None = None,
+                 cell_names: bool = False) -> dict[str, str]:
     """Image file name -> scene text (`scene_words`) for every image of `split`."""
     world = load_split(data_dir, split)
-    return {name: scene_words(labels, grid, row_end=row_end) for name, labels in zip(world.names, world.labels)}
+    return {name: scene_words(labels, grid, row_end=row_end, cell_names=cell_names)
+            for name, labels in zip(world.names, world.labels)}
 
 
 def score_scene_text(model_dir: Path, data_dir: Path, scenes: dict[str, str], types: list[str],
@@ -135,7 +139,9 @@ def scene_oracle(data_dir: str | Path, encoders_dir: str | Path, out: str | Path
     grid = settings.grid or student_grid(Path(encoders_dir))
     out.mkdir(parents=True, exist_ok=True)
     records = json.loads((data_dir / "train.json").read_text())
-    corpus = scene_text_records(records, split_scenes(data_dir, "train", grid, settings.row_end), settings.types,
+    scenes = {split: split_scenes(data_dir, split, grid, settings.row_end, settings.cell_names)
+              for split in ("train", "eval")}
+    corpus = scene_text_records(records, scenes["train"], settings.types,
                                 settings.single_turn)
     if not corpus:
         raise ValueError(f"{data_dir / 'train.json'}: no training question of types {settings.types}")
@@ -147,7 +153,7 @@ def scene_oracle(data_dir: str | Path, encoders_dir: str | Path, out: str | Path
     config["model"]["tokenizer_corpus"] += f",{out / CORPUS_NAME}"
     config["train"]["disable_tqdm"] = False  # one run in this process: its own progress bar
     record = run_one(config, threads=threads)
-    scores = score_scene_text(out / "language", data_dir, split_scenes(data_dir, "eval", grid, settings.row_end),
+    scores = score_scene_text(out / "language", data_dir, scenes["eval"],
                               settings.types, settings.eval_limit, out)
     result = {"settings": asdict(settings), "grid": grid, "records": len(corpus), "scores": scores,
               "seconds": record.get("train_seconds"), "final_loss": _final_loss(out / "language")}
