@@ -87,29 +87,16 @@ def run_generate(args) -> int:
     return 0
 
 
-def parse_types(text: str) -> list[str]:
-    """`existence,relation` -> ["existence", "relation"]; an unknown name is the user's error, with the choices."""
+def parse_names(text: str, option: str, choices) -> list[str]:
+    """`count,existence` -> ["count", "existence"]; a name outside `choices` is the user's error, naming `option`
+    and the choices."""
     from viral.errors import UserError
-    from viral.study.pipeline import QUESTION_TYPES
 
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in QUESTION_TYPES]
+    unknown = [name for name in names if name not in choices]
     if unknown or not names:
-        raise UserError(f"--types {text!r}: unknown {', '.join(unknown) or 'empty list'}; "
-                        f"choose from {', '.join(QUESTION_TYPES)}")
-    return names
-
-
-def parse_probe_tasks(text: str) -> list[str]:
-    """`count,existence` -> ["count", "existence"]; an unknown name is the user's error, with the choices."""
-    from viral.errors import UserError
-    from viral.study.probes import TASKS
-
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in TASKS]
-    if unknown or not names:
-        raise UserError(f"--probe-tasks {text!r}: unknown {', '.join(unknown) or 'empty list'}; "
-                        f"choose from {', '.join(TASKS)}")
+        raise UserError(f"{option} {text!r}: unknown {', '.join(unknown) or 'empty list'}; "
+                        f"choose from {', '.join(choices)}")
     return names
 
 
@@ -130,7 +117,9 @@ def run_encoders(args) -> int:
     if args.probe_steps is not None:
         settings.probe_steps = args.probe_steps
     if args.probe_tasks is not None:
-        settings.probe_tasks = parse_probe_tasks(args.probe_tasks)
+        from viral.study.probes import TASKS
+
+        settings.probe_tasks = parse_names(args.probe_tasks, "--probe-tasks", TASKS)
     report = train_encoders(args.data, args.out, settings, force=args.force)
     summary = {key: report[key] for key in ("probes", "diagnostics", "seconds") if key in report}
     summary["student_eval"], summary["teacher_eval"] = report["student"]["eval"], report["teacher"]["eval"]
@@ -152,7 +141,9 @@ def run_oracle(args) -> int:
                               eval_limit=args.eval_limit, row_end=args.row_end,
                               cell_names=args.cell_names)
     if args.types is not None:
-        settings.types = parse_types(args.types)
+        from viral.study.pipeline import QUESTION_TYPES
+
+        settings.types = parse_names(args.types, "--types", QUESTION_TYPES)
     for folder, what in ((Path(args.data) / "train.json", "--data"), (Path(args.encoders) / "student", "--encoders")):
         if not folder.exists():
             raise UserError(f"{what}: {folder} does not exist")

@@ -36,6 +36,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from viral.data.templates import IMAGE_TOKEN
+
 SHAPES = ["circle", "square", "triangle"]
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
 COLOURS = {
@@ -303,6 +305,18 @@ def write_arrays(out: str | Path, split: str, names: list[str], images: np.ndarr
 
 TEXT_CORPUS = "text.json"
 SCENE_BLANK = "blank"  # the word of a grid cell no object covers
+OBJECT_ID_STRIDE = 16  # object_ids: shape id * 16 + colour id (colour ids stay below 16)
+
+
+def object_ids(labels: np.ndarray) -> np.ndarray:
+    """One id per (shape, colour) of a label map `[..., S, S, 2]`: shape id * `OBJECT_ID_STRIDE` + colour id
+    (0..15 is background); `[..., S, S]` int64."""
+    return labels[..., 0].astype(np.int64) * OBJECT_ID_STRIDE + labels[..., 1]
+
+
+def without_image(text: str) -> str:
+    """A turn's text with the `<image>` mark (and the newline after it) removed."""
+    return text.replace(f"{IMAGE_TOKEN}\n", "").replace(IMAGE_TOKEN, "").strip()
 
 
 def scene_words(labels: np.ndarray, grid: int, min_cover: float = 0.25, row_end: str | None = None,
@@ -314,16 +328,17 @@ def scene_words(labels: np.ndarray, grid: int, min_cover: float = 0.25, row_end:
     each cell's word follows a word naming the cell ("r2c5": row 2, column 5), the text analogue of a 2-D
     position embedding on each image token."""
     cell = labels.shape[0] // grid
-    ids = labels[:grid * cell, :grid * cell, 0].astype(np.int64) * 16 + labels[:grid * cell, :grid * cell, 1]
+    ids = object_ids(labels[:grid * cell, :grid * cell])  # [grid * cell, grid * cell]
     cells = ids.reshape(grid, cell, grid, cell).transpose(0, 2, 1, 3).reshape(grid * grid, cell * cell)
     colours = list(COLOURS)
     words = []
     for pixels in cells:  # [cell * cell] object ids of one cell
-        covered = np.bincount(pixels, minlength=16 * (len(SHAPES) + 1))
-        covered[:16] = 0  # shape id 0: background
+        covered = np.bincount(pixels, minlength=OBJECT_ID_STRIDE * (len(SHAPES) + 1))
+        covered[:OBJECT_ID_STRIDE] = 0  # shape id 0: background
         best = int(covered.argmax())
         if covered[best] >= min_cover * cell * cell:
-            words.append(f"{colours[best % 16 - 1]}{SHAPES[best // 16 - 1]}")
+            shape, colour = divmod(best, OBJECT_ID_STRIDE)
+            words.append(f"{colours[colour - 1]}{SHAPES[shape - 1]}")
         else:
             words.append(SCENE_BLANK)
     if cell_names:
@@ -343,7 +358,7 @@ def write_text_corpus(out: str | Path, records: list[dict] | None = None) -> Pat
     if records is None:
         records = json.loads((out / "train.json").read_text()) + json.loads((out / "captions.json").read_text())
     text = [{"id": f"text-{r['id']}", "conversations": [
-        {"from": turn["from"], "value": turn["value"].replace("<image>\n", "").replace("<image>", "").strip()}
+        {"from": turn["from"], "value": without_image(turn["value"])}
         for turn in r["conversations"]]} for r in records]
     (out / TEXT_CORPUS).write_text(json.dumps(text))
     return out / TEXT_CORPUS

@@ -39,7 +39,7 @@ from PIL import Image
 from torch import nn
 
 from viral.align.teachers import IMAGENET_MEAN, IMAGENET_STD
-from viral.data.shapes import COLOURS, SHAPES
+from viral.data.shapes import COLOURS, SHAPES, object_ids
 from viral.model import make_image_processor
 from viral.study.probes import DEFAULT_PROBE_TASKS
 from viral.study.world import WorldSplit, load_split
@@ -137,7 +137,7 @@ def centre_targets(split: WorldSplit, grid: int) -> tuple[torch.Tensor, torch.Te
     size = split.size
     maps = np.zeros((len(split), 3, size, size), dtype=np.float32)  # (x * covered, y * covered, covered)
     for i, labels in enumerate(split.labels):
-        ids = labels[..., 0].astype(np.int32) * 16 + labels[..., 1]  # one id per (shape, colour)
+        ids = object_ids(labels)  # [S, S] one id per (shape, colour)
         for value in np.unique(ids[labels[..., 0] > 0]):
             regions, count = ndimage.label(ids == value)
             for region in range(1, count + 1):

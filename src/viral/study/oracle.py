@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from viral.data.shapes import scene_words
+from viral.data.shapes import scene_words, without_image
 from viral.study.encoders import STUDENT_DIR
 from viral.study.pipeline import QUESTION_TYPES, StudySettings, run_one, stage_configs
 from viral.study.world import load_split
@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 CORPUS_NAME = "scene-text.json"
 RESULT_NAME = "oracle.json"
 PREDICTIONS_NAME = "predictions.jsonl"
-IMAGE_MARK = "<image>"
 
 
 @dataclass
@@ -77,7 +76,7 @@ def scene_text_records(records: list[dict], scenes: dict[str, str], types: list[
         turns = record["conversations"]
         kept = []
         for human, gpt in zip(turns[::2], turns[1::2]):
-            question = human["value"].replace(f"{IMAGE_MARK}\n", "").replace(IMAGE_MARK, "").strip()
+            question = without_image(human["value"])
             if question_type(question) in types:
                 kept.append((question, gpt["value"]))
         groups = [[turn] for turn in kept] if single_turn else ([kept] if kept else [])
