@@ -111,7 +111,9 @@ def test_existence_and_colour_probe_tasks_read_the_label_maps(small_world):
 
 
 def test_two_arm_mini_study(tmp_path, small_world, stage0):
+    from viral.data.shapes import scene_words
     from viral.study.pipeline import StudySettings, run_study, stage_configs
+    from viral.study.world import load_split
     from viral.train import ALIGNMENT_HEAD_NAME, build_trainer
     from viral.config import config_from_dict
 
@@ -130,15 +132,27 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
 
     written = json.loads((out / "study.json").read_text())
     assert set(written["runs"]) == {"0", "1"} and (out / "study.md").is_file() and (out / "study.png").is_file()
+    # the LLM first learns the world's text, each image replaced by its scene as words on the student's 4 x 4
+    # image-token raster (32-pixel images, 8-pixel patches): one run for both seeds, then each seed's stage 1 starts from it in the chat format
+    assert written["runs"]["0"]["language"] == written["runs"]["1"]["language"]
+    language_dir = Path(written["runs"]["0"]["language"]["dir"])
+    assert language_dir == out / "language"
+    language = yaml.safe_load((language_dir / "viral_config.yaml").read_text())
+    assert language["data"]["path"] == str(data / "scene-text-4.json") and language["train"]["max_steps"] == 2
+    assert language["data"]["model_max_length"] == 320 and language["model"]["seed"] == 0
+    corpus = json.loads((data / "scene-text-4.json").read_text())
+    world = load_split(data, "train")
+    first = json.loads((data / "train.json").read_text())[0]
+    scene = scene_words(world.labels[world.names.index(Path(first["image"]).name)], 4)
+    assert corpus[0]["conversations"][0]["value"].startswith(scene + "\n") and len(scene.split()) == 16
+    assert all("image" not in r and "<image>" not in r["conversations"][0]["value"] for r in corpus)
+    assert len(corpus) == 2 * settings.n_train  # every training conversation and every caption
     for seed in ("0", "1"):
         runs = written["runs"][seed]
         assert set(runs) == {"language", "pretrain", "baseline", "viral"}
-        # the LLM first learns the world's text without images, then stage 1 starts from it
-        language = yaml.safe_load((Path(runs["language"]["dir"]) / "viral_config.yaml").read_text())
-        assert language["data"]["path"].endswith("text.json") and language["train"]["max_steps"] == 2
-        assert all("image" not in r for r in json.loads((data / "text.json").read_text()))
         pretrain = yaml.safe_load((Path(runs["pretrain"]["dir"]) / "viral_config.yaml").read_text())
-        assert pretrain["model"]["preset"] == "llava" and pretrain["model"]["model_path"] == runs["language"]["dir"]
+        assert pretrain["model"]["preset"] == "llava" and pretrain["model"]["model_path"] == str(language_dir)
+        assert pretrain["data"]["template"] == "auto"
         baseline, viral = Path(runs["baseline"]["dir"]), Path(runs["viral"]["dir"])
         for run in (baseline, viral):
             assert (run / "config.json").is_file() and (run / "eval" / "shapes.json").is_file()
@@ -251,20 +265,25 @@ def test_the_study_graph_runs_each_stage_after_what_it_reads(tmp_path):
     from viral.study.pipeline import StudySettings, study_jobs
 
     settings = StudySettings(seeds=[0, 1])
-    configs = {0: {"language": {}, "pretrain": {}, "baseline": {}, "viral": {}},
-               1: {"pretrain": {}, "baseline": {}, "viral": {}}}  # seed 1 without the language stage
+    configs = {seed: {"language": {}, "pretrain": {}, "baseline": {}, "viral": {}} for seed in (0, 1)}
     jobs = study_jobs(settings, configs, tmp_path / "shapes", tmp_path / "encoders", EncoderSettings(),
                       ["student", "teacher"])
     needs = {job.name: set(job.needs) for job in jobs}
-    assert [job.name for job in jobs] == ["student", "teacher", "language 0", "pretrain 0", "viral 0", "baseline 0",
+    # one language stage for every seed
+    assert [job.name for job in jobs] == ["student", "teacher", "language", "pretrain 0", "viral 0", "baseline 0",
                                           "pretrain 1", "viral 1", "baseline 1", "probes"]
-    assert needs == {"student": set(), "teacher": set(), "language 0": {"student"}, "pretrain 0": {"language 0"},
+    assert needs == {"student": set(), "teacher": set(), "language": {"student"}, "pretrain 0": {"language"},
                      "viral 0": {"pretrain 0", "teacher"}, "baseline 0": {"pretrain 0"},
-                     "pretrain 1": {"student"}, "viral 1": {"pretrain 1", "teacher"}, "baseline 1": {"pretrain 1"},
+                     "pretrain 1": {"language"}, "viral 1": {"pretrain 1", "teacher"}, "baseline 1": {"pretrain 1"},
                      "probes": {"student", "teacher"}}
     # reused encoders: no stage-0 jobs, and nothing waits for them
     assert [job.name for job in study_jobs(settings, configs, tmp_path, tmp_path, EncoderSettings(), [])][0] == \
-        "language 0"
+        "language"
+    # no language stage: stage 1 builds the tiny LLaVA on the student tower
+    without = {seed: {"pretrain": {}, "baseline": {}, "viral": {}} for seed in (0, 1)}
+    needs = {job.name: set(job.needs) for job in study_jobs(settings, without, tmp_path, tmp_path, EncoderSettings(),
+                                                            ["student", "teacher"])}
+    assert "language" not in needs and needs["pretrain 0"] == needs["pretrain 1"] == {"student"}
 
 
 def test_probes_give_the_same_numbers_whatever_ran_before(small_world):
@@ -352,7 +371,7 @@ def test_the_student_starts_from_clip_random_positions_unless_asked_for_sincos()
 
 def test_question_type_reads_every_shapesworld_question():
     from viral.data.shapes import QUESTION_TYPES, _question, draw_scene
-    from viral.study.oracle import question_type
+    from viral.data.shapes import question_type
 
     seen = set()
     for index in range(40):

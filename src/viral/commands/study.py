@@ -7,7 +7,8 @@ import argparse
 DESCRIPTION = """\
 Runs the whole ShapesWorld study: the world (OUT/shapes, reused), stage 0 (OUT/encoders: the student
 vision tower with a global objective, the teacher VFM with a dense one, reused; their patch probes run
-beside the next stages), then per seed the LLM on the world's text alone, stage 1 (projector
+beside the next stages), the LLM on the world's text alone (once for every seed; each image replaced by
+its scene as words, or removed with --language-corpus text), then per seed stage 1 (projector
 pre-training on captions) and stage 2 twice from the same weights and data order -
 baseline and VIRAL (teacher = the stage-0 teacher) - and ShapesBench on both. Writes OUT/study.json,
 OUT/study.md and OUT/study.png: per question type each arm's mean ± std over seeds and the paired
@@ -26,6 +27,9 @@ def add_study_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> 
                         help="overrides of the config for every stage, e.g. model.hidden_size=256")
     parser.add_argument("--language-steps", type=int, default=None,
                         help="steps of the LLM on the world's text before stage 1 (0: none, the LLM starts random)")
+    parser.add_argument("--language-corpus", choices=["scene", "text"], default=None,
+                        help="what the language stage reads where an image was: 'scene' (default), the image's "
+                             "scene as words laid out as its image tokens are; 'text', nothing (the image removed)")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="stage-1 steps")
     parser.add_argument("--finetune-steps", type=int, default=None, help="stage-2 steps (default: the config's)")
     parser.add_argument("--train-images", type=int, default=None, help="ShapesWorld training images")
@@ -59,7 +63,8 @@ def settings_from_args(args, seeds: list[int], defaults: dict | None = None):
     from viral.study.pipeline import StudySettings
 
     settings = StudySettings(seeds=seeds, config=args.config, overrides=list(args.overrides), **(defaults or {}))
-    for flag, name in (("language_steps", "language_steps"), ("pretrain_steps", "pretrain_steps"), ("finetune_steps", "finetune_steps"),
+    for flag, name in (("language_steps", "language_steps"), ("language_corpus", "language_corpus"),
+                       ("pretrain_steps", "pretrain_steps"), ("finetune_steps", "finetune_steps"),
                        ("train_images", "n_train"), ("eval_images", "n_eval"), ("eval_limit", "eval_limit"),
                        ("jobs", "jobs"), ("question_types", "question_types")):
         if getattr(args, flag) is not None:

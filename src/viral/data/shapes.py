@@ -14,7 +14,9 @@ colours on varied backgrounds (flat colours, gradients, noise), and writes:
 - `train.json`                                 LLaVA-format instruction records (multi-turn QA);
 - `captions.json`                              LLaVA-format caption records for projector pre-training;
 - `text.json`                                  the same training turns and captions without their images
-                                               (`<image>` dropped): the corpus of the study's language stage;
+                                               (`<image>` dropped): a corpus for the study's language stage
+                                               (the study also writes `scene-text-{grid}.json`, the image
+                                               replaced by its scene as words: `write_text_corpus`);
 - `eval.jsonl`                                 ShapesBench: one question per type per evaluation image,
                                                `{question_id, image, question, answer, type}`;
 - `meta.json`                                  the world's vocabulary, image size and seed.
@@ -348,20 +350,67 @@ def scene_words(labels: np.ndarray, grid: int, min_cover: float = 0.25, row_end:
     return " ".join(words)
 
 
-def write_text_corpus(out: str | Path, records: list[dict] | None = None) -> Path:
-    """`text.json`: every training conversation and caption with its image removed (LLaVA text-only records).
+def question_type(question: str) -> str | None:
+    """The ShapesWorld type of a question, from its wording (None: not one of the world's questions, e.g. the
+    caption prompt)."""
+    if question.startswith("How many"):
+        return "count"
+    if question.startswith("Is there"):
+        return "existence"
+    if question.startswith("What colour"):
+        return "colour"
+    if " half?" in question:
+        return "position"
+    if " left or right of " in question or " above or below " in question:
+        return "relation"
+    return None
 
-    A language model pre-trained on it learns the world's vocabulary and answer formats (and the answers'
-    priors), nothing about any image. `records` default to the folder's train.json and captions.json.
+
+def text_records(records: list[dict], scenes: dict[str, str] | None = None, types: list[str] | None = None,
+                 single_turn: bool = False) -> list[dict]:
+    """LLaVA records without images: each `<image>` mark replaced by its image's scene text (`scenes`: image file
+    name -> text, e.g. `scene_words`) or, without `scenes`, removed.
+
+    `types` keeps only the turns whose question is of those types (`question_type`; records left with none are
+    dropped); `single_turn` makes one record per kept turn, its first turn carrying the image's place.
+    """
+    prefix = "text" if scenes is None else "scene"
+    out = []
+    for record in records:
+        scene = None if scenes is None else scenes[Path(record["image"]).name]
+        turns = record["conversations"]
+        pairs = [(human["value"], gpt["value"]) for human, gpt in zip(turns[::2], turns[1::2])
+                 if types is None or question_type(without_image(human["value"])) in types]
+        groups = [[pair] for pair in pairs] if single_turn else ([pairs] if pairs else [])
+        for k, group in enumerate(groups):
+            conversation = []
+            for i, (question, answer) in enumerate(group):
+                text = without_image(question)
+                if scene is not None and (i == 0 if single_turn else IMAGE_TOKEN in question):
+                    text = f"{scene}\n{text}"
+                conversation += [{"from": "human", "value": text}, {"from": "gpt", "value": answer}]
+            suffix = f"-{k}" if single_turn else ""
+            out.append({"id": f"{prefix}-{record['id']}{suffix}", "conversations": conversation})
+    return out
+
+
+def write_text_corpus(out: str | Path, records: list[dict] | None = None, scenes: dict[str, str] | None = None,
+                      name: str = TEXT_CORPUS) -> Path:
+    """`name` in `out`: every training conversation and caption as text (`text_records`), its image removed
+    (`text.json`) or replaced by its scene text (`scenes`).
+
+    A language model pre-trained on the first learns the world's vocabulary and answer formats (and the
+    answers' priors), nothing about any image; on the second it also learns to answer from a scene laid out
+    as the image tokens are. `records` default to the folder's train.json and captions.json.
     """
     out = Path(out)
     if records is None:
         records = json.loads((out / "train.json").read_text()) + json.loads((out / "captions.json").read_text())
-    text = [{"id": f"text-{r['id']}", "conversations": [
-        {"from": turn["from"], "value": without_image(turn["value"])}
-        for turn in r["conversations"]]} for r in records]
-    (out / TEXT_CORPUS).write_text(json.dumps(text))
-    return out / TEXT_CORPUS
+    path = out / name
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_text(json.dumps(text_records(records, scenes)))
+    partial.replace(path)
+    return path
 
 
 def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: int = 200, size: int = 64,

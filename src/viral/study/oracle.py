@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from viral.data.shapes import scene_words, without_image
+from viral.data.shapes import text_records
 from viral.study.encoders import STUDENT_DIR
 from viral.study.pipeline import QUESTION_TYPES, StudySettings, run_one, stage_configs
-from viral.study.world import load_split
+from viral.study.world import split_scenes
 
 logger = logging.getLogger(__name__)
 
@@ -50,57 +50,13 @@ class OracleSettings:
     eval_limit: int | None = None  # ShapesBench questions scored (None: all of the kept types)
     row_end: str | None = None  # a word closing each row of the scene (None: the rows run on, as image tokens do)
     cell_names: bool = False  # each cell's word after a word naming its row and column ("r2c5")
-    overrides: list[str] = field(default_factory=lambda: ["data.model_max_length=320"])
-
-
-def question_type(question: str) -> str:
-    """The ShapesWorld type of a training question, from its wording."""
-    if question.startswith("How many"):
-        return "count"
-    if question.startswith("Is there"):
-        return "existence"
-    if question.startswith("What colour"):
-        return "colour"
-    if " half?" in question:
-        return "position"
-    return "relation"
-
-
-def scene_text_records(records: list[dict], scenes: dict[str, str], types: list[str],
-                       single_turn: bool) -> list[dict]:
-    """The training `records` with each image replaced by its scene text (`scenes`: image file name -> text),
-    keeping the turns whose question is of `types`; one record per turn when `single_turn`."""
-    out = []
-    for record in records:
-        scene = scenes[Path(record["image"]).name]
-        turns = record["conversations"]
-        kept = []
-        for human, gpt in zip(turns[::2], turns[1::2]):
-            question = without_image(human["value"])
-            if question_type(question) in types:
-                kept.append((question, gpt["value"]))
-        groups = [[turn] for turn in kept] if single_turn else ([kept] if kept else [])
-        for k, group in enumerate(groups):
-            conversation = []
-            for i, (question, answer) in enumerate(group):
-                conversation += [{"from": "human", "value": f"{scene}\n{question}" if i == 0 else question},
-                                 {"from": "gpt", "value": answer}]
-            out.append({"id": f"scene-{record['id']}-{k}", "conversations": conversation})
-    return out
+    overrides: list[str] = field(default_factory=list)  # --set overrides of the language stage's config
 
 
 def student_grid(encoders_dir: Path) -> int:
     """Image-token grid side of the stage-0 student: its image size // patch size."""
     vision = json.loads((encoders_dir / STUDENT_DIR / "config.json").read_text())
     return int(vision["image_size"]) // int(vision["patch_size"])
-
-
-def split_scenes(data_dir: Path, split: str, grid: int, row_end: str | None = None,
-                 cell_names: bool = False) -> dict[str, str]:
-    """Image file name -> scene text (`scene_words`) for every image of `split`."""
-    world = load_split(data_dir, split)
-    return {name: scene_words(labels, grid, row_end=row_end, cell_names=cell_names)
-            for name, labels in zip(world.names, world.labels)}
 
 
 def score_scene_text(model_dir: Path, data_dir: Path, scenes: dict[str, str], types: list[str],
@@ -140,16 +96,14 @@ def scene_oracle(data_dir: str | Path, encoders_dir: str | Path, out: str | Path
     records = json.loads((data_dir / "train.json").read_text())
     scenes = {split: split_scenes(data_dir, split, grid, settings.row_end, settings.cell_names)
               for split in ("train", "eval")}
-    corpus = scene_text_records(records, scenes["train"], settings.types,
-                                settings.single_turn)
+    corpus = text_records(records, scenes["train"], settings.types, settings.single_turn)
     if not corpus:
         raise ValueError(f"{data_dir / 'train.json'}: no training question of types {settings.types}")
     (out / CORPUS_NAME).write_text(json.dumps(corpus))
-    study = StudySettings(seeds=[settings.seed], overrides=list(settings.overrides),
+    study = StudySettings(seeds=[settings.seed], overrides=list(settings.overrides), language_seed=settings.seed,
                           language_steps=settings.steps)
-    config = stage_configs(study, settings.seed, data_dir, Path(encoders_dir), out)["language"]
-    config["data"]["path"] = str(out / CORPUS_NAME)
-    config["model"]["tokenizer_corpus"] += f",{out / CORPUS_NAME}"
+    config = stage_configs(study, settings.seed, data_dir, Path(encoders_dir), out / "seed", out / CORPUS_NAME)["language"]
+    config["output_dir"] = str(out / "language")
     config["train"]["disable_tqdm"] = False  # one run in this process: its own progress bar
     record = run_one(config, threads=threads)
     scores = score_scene_text(out / "language", data_dir, scenes["eval"],

@@ -4,10 +4,15 @@ Layout under OUT (every number in `study.json` traces to a run folder):
 
     shapes/                     the ShapesWorld data (reused when present; or --data elsewhere)
     encoders/                   stage 0: student/, teacher/, report.json (reused; or --encoders elsewhere)
-    seed-K/language/            stage 0 of the LLM: the tiny LLM pre-trained on the world's text without images
-                                (`text.json`: the training turns and captions), so that it arrives knowing the
-                                vocabulary and the answer formats (skipped with language_steps = 0)
-    seed-K/pretrain/            stage 1: projector pre-training on captions (plain template, train.stage=pretrain)
+    language/                   stage 0 of the LLM, one run for every seed (the paper's LLM is one pre-trained
+                                model too): the tiny LLM pre-trained on the world's training turns and captions
+                                as text, each image replaced by its scene as words laid out as the image tokens
+                                are (`scene-text-{grid}.json` in the world's folder: language_corpus "scene"),
+                                or removed (`text.json`: "text"), so that it arrives knowing the vocabulary, the
+                                answer formats and - with scenes - how to answer from what stands where the
+                                image tokens will be (skipped with language_steps = 0)
+    seed-K/pretrain/            stage 1: projector pre-training on captions (train.stage=pretrain; the chat
+                                template after a scene-text language stage, the plain one otherwise)
     seed-K/baseline/            stage 2 without alignment (align.vra_loss: false)
     seed-K/viral/               stage 2 with VIRAL (teacher = encoders/teacher)
     study.json, study.md, study.png
@@ -35,7 +40,7 @@ import yaml
 from transformers import TrainerCallback
 
 from viral.config import ConfigError, config_from_dict, load_config
-from viral.data.shapes import TEXT_CORPUS
+from viral.data.shapes import TEXT_CORPUS, write_text_corpus
 from viral.parallel import Job, run_graph
 from viral.runs import METRICS_NAME
 from viral.study.encoders import (PROGRESS_NAME, STUDENT_DIR, TEACHER_DIR, EncoderSettings, encoders_to_train,
@@ -68,7 +73,15 @@ class StudySettings:
     # every type ShapesWorld asks (None: its DEFAULT_TYPES, without position)
     question_types: list[str] | None = field(default_factory=lambda: list(QUESTION_TYPES))
     type_weights: dict[str, float] | None = None  # how often each type is drawn for a training turn (uniform)
-    language_steps: int = 200  # stage-0 steps of the LLM on the world's text (0: the LLM starts random at stage 1)
+    # stage-0 steps of the LLM on the world's text (0: the LLM starts random at stage 1); its loss on the scene
+    # text levels off from about step 600
+    language_steps: int = 1000
+    # "scene": the language stage reads each image's scene as words where its image tokens will stand; "text":
+    # the image is removed (with it existence and colour stayed near chance: stage 1 then taught the projector
+    # almost nothing, a caption's loss with its own image 0.63 against 0.77 with another image's)
+    language_corpus: str = "scene"
+    language_max_length: int = 320  # data.model_max_length of the language stage (a scene adds 64 words)
+    language_seed: int = 0  # the one language stage's initialisation and data order, whatever the study's seeds
     pretrain_steps: int = 150
     finetune_steps: int | None = None  # None: the config's train.max_steps
     eval_batch_size: int = 64
@@ -78,9 +91,14 @@ class StudySettings:
     jobs: int = 1  # processes running the study's jobs side by side (1 thread each when > 1)
 
 
+LANGUAGE_DIR = "language"
+LANGUAGE_CORPORA = ("scene", "text")
+SCENE_CORPUS = "scene-text-{grid}.json"  # in the world's folder: the scene-text corpus on a grid x grid raster
+
+
 def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
     """Generate the world unless `data_dir` already holds one with the same seed, sizes and image size."""
-    from viral.data.shapes import DEFAULT_TYPES, generate, write_text_corpus
+    from viral.data.shapes import DEFAULT_TYPES, generate
 
     types = list(settings.question_types or DEFAULT_TYPES)
     meta_file = data_dir / "meta.json"
@@ -103,30 +121,57 @@ def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
     return data_dir
 
 
+def language_corpus(data_dir: Path, settings: StudySettings, grid: int) -> Path:
+    """The language stage's corpus in the world's folder, written when missing: `text.json` or the scene-text
+    corpus on the student's `grid` x `grid` image-token raster (`SCENE_CORPUS`)."""
+    from viral.study.world import split_scenes
+
+    if settings.language_corpus not in LANGUAGE_CORPORA:
+        raise ConfigError(f"language_corpus {settings.language_corpus!r}: choose among {LANGUAGE_CORPORA}")
+    if settings.language_corpus == "text":
+        return data_dir / TEXT_CORPUS
+    path = data_dir / SCENE_CORPUS.format(grid=grid)
+    if not path.is_file():
+        logger.info("writing the scene-text corpus %s", path)
+        write_text_corpus(data_dir, scenes=split_scenes(data_dir, "train", grid), name=path.name)
+    return path
+
+
 def stage_configs(settings: StudySettings, seed: int, data_dir: Path, encoders_dir: Path,
-                  seed_dir: Path) -> dict[str, dict[str, Any]]:
-    """Resolved config dicts of one seed's runs: `pretrain`, `baseline`, `viral`."""
+                  seed_dir: Path, corpus: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Resolved config dicts of one seed's runs: `language` (shared by the seeds, in the study's folder beside
+    `seed_dir`; read from `corpus`, default the world's `text.json`), `pretrain`, `baseline`, `viral`."""
     # progress: one bar in the study's process (RunsProgress) over the runs, none of their own
-    common = list(settings.overrides) + [f"train.seed={seed}", "train.disable_tqdm=true"]
+    base = list(settings.overrides) + ["train.disable_tqdm=true"]
+    common = base + [f"train.seed={seed}"]
     if settings.finetune_steps is not None:
         common.append(f"train.max_steps={settings.finetune_steps}")
     viral = load_config(settings.config, common)
     num_layers = viral.model.num_layers
-    pretrain_dir, language_dir = seed_dir / "pretrain", seed_dir / "language"
-    tiny = ["model.preset=tiny", f"model.seed={seed}", f"model.vision_tower_path={encoders_dir / STUDENT_DIR}",
-            f"model.tokenizer_corpus={data_dir / 'train.json'},{data_dir / 'captions.json'}"]
+    pretrain_dir, language_dir = seed_dir / "pretrain", seed_dir.parent / LANGUAGE_DIR
+    corpus = corpus or data_dir / TEXT_CORPUS
+    words = [data_dir / "train.json", data_dir / "captions.json"] + ([corpus] if corpus.name != TEXT_CORPUS else [])
+
+    def tiny(model_seed: int) -> list[str]:
+        return ["model.preset=tiny", f"model.seed={model_seed}", f"model.vision_tower_path={encoders_dir / STUDENT_DIR}",
+                f"model.tokenizer_corpus={','.join(str(path) for path in words)}"]
+
     configs = {}
+    template = "plain"
     if settings.language_steps:
         # the LLM alone on text-only records (no image: the projector and the tower get no gradient)
-        configs["language"] = load_config(settings.config, common + tiny + [
-            f"output_dir={language_dir}", f"data.path={data_dir / TEXT_CORPUS}", "train.stage=finetune",
+        configs["language"] = load_config(settings.config, base + tiny(settings.language_seed) + [
+            f"train.seed={settings.language_seed}", f"output_dir={language_dir}", f"data.path={corpus}",
+            f"data.model_max_length={settings.language_max_length}", "train.stage=finetune",
             "train.finetune_mode=full", f"train.max_steps={settings.language_steps}", "align.vra_loss=false",
         ]).to_dict()
         start = ["model.preset=llava", f"model.model_path={language_dir}"]
+        if corpus.name != TEXT_CORPUS:  # the LLM learned the chat format with the scene where the image goes
+            template = "auto"
     else:
-        start = tiny
+        start = tiny(seed)
     pretrain = load_config(settings.config, common + start + [
-        f"output_dir={pretrain_dir}", f"data.path={data_dir / 'captions.json'}", "data.template=plain",
+        f"output_dir={pretrain_dir}", f"data.path={data_dir / 'captions.json'}", f"data.template={template}",
         "train.stage=pretrain", f"train.max_steps={settings.pretrain_steps}", "align.vra_loss=false",
     ])
     configs["pretrain"] = pretrain.to_dict()
@@ -295,18 +340,19 @@ def study_jobs(settings: StudySettings, configs: dict[int, dict[str, dict[str, A
                encoder_settings: EncoderSettings, train_encoders: list[str]) -> list[Job]:
     """The study as a graph of jobs, each after what it reads, listed by priority (the longest chain first):
 
-    student, teacher (stage 0, when `train_encoders` names them) -> per seed `language K` (the tiny LLaVA is built
-    on the student tower) -> `pretrain K` -> `viral K` (also reads the teacher) and `baseline K` (ShapesBench
+    student, teacher (stage 0, when `train_encoders` names them) -> `language` (once; the tiny LLaVA is built
+    on the student tower) -> per seed `pretrain K` -> `viral K` (also reads the teacher) and `baseline K` (ShapesBench
     at their end) -> `probes` of the two encoders last, filling a worker that would otherwise wait."""
     jobs = [Job(kind, stage0_encoder, (kind, str(data), str(encoders), asdict(encoder_settings), True))
             for kind in train_encoders]
+    first = configs[settings.seeds[0]]
+    if "language" in first:  # one run for every seed
+        jobs.append(Job(LANGUAGE_DIR, run_one, (first["language"],), (STUDENT_DIR,)))
     for seed in settings.seeds:
         stages = configs[seed]
-        before = ()
-        for name in ("language", "pretrain"):
-            if name in stages:
-                jobs.append(Job(f"{name} {seed}", run_one, (stages[name],), before or (STUDENT_DIR,)))
-                before = (f"{name} {seed}",)
+        jobs.append(Job(f"pretrain {seed}", run_one, (stages["pretrain"],),
+                        (LANGUAGE_DIR,) if "language" in stages else (STUDENT_DIR,)))
+        before = (f"pretrain {seed}",)
         for arm in ("viral", "baseline"):  # the VIRAL arm is the longer one
             jobs.append(Job(f"{arm} {seed}", run_one, (
                 stages[arm], str(data), settings.eval_batch_size, settings.eval_limit, settings.curve_every,
@@ -388,7 +434,9 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
     encoders = Path(encoders_dir) if encoders_dir else out / "encoders"
     encoder_settings = encoder_settings or EncoderSettings()
     kinds = encoders_to_train(encoders, encoder_settings)
-    configs = {seed: stage_configs(settings, seed, data, encoders, out / f"seed-{seed}") for seed in settings.seeds}
+    corpus = language_corpus(data, settings, settings.image_size // encoder_settings.patch_size)
+    configs = {seed: stage_configs(settings, seed, data, encoders, out / f"seed-{seed}", corpus)
+               for seed in settings.seeds}
     jobs = study_jobs(settings, configs, data, encoders, encoder_settings, kinds)
     sections: dict[str, dict[str, Any]] = {}
 
@@ -401,16 +449,17 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
 
     steps = {STUDENT_DIR: encoder_settings.student_steps, TEACHER_DIR: encoder_settings.teacher_steps}
     tracks = [(encoders / kind / PROGRESS_NAME, steps[kind]) for kind in kinds]
-    tracks += [run_track(configs[seed][stage]) for seed in settings.seeds for stage in configs[seed]]
+    tracks += [run_track(config) for config in {config["output_dir"]: config for seed in settings.seeds
+                                                for config in configs[seed].values()}.values()]
     logger.info("stages 0-2, seeds %s: %d jobs, %d side by side", settings.seeds, len(jobs), settings.jobs)
     label = "stages 0-2 (encoders, language, stage 1, both arms)" if kinds else "stages 1-2 (language, stage 1, both arms)"
     with RunsProgress(label, tracks):
         done = run_graph(jobs, settings.jobs, finished)
     stage_done("stages 0-2 and ShapesBench")
     encoder_report = done["probes"][0]
-    runs: dict[int, dict[str, Any]] = {seed: {stage: done[f"{stage} {seed}"][0] for stage in
-                                              ("language", "pretrain", *ARMS) if f"{stage} {seed}" in done}
-                                       for seed in settings.seeds}
+    shared = {LANGUAGE_DIR: done[LANGUAGE_DIR][0]} if LANGUAGE_DIR in done else {}
+    runs: dict[int, dict[str, Any]] = {seed: {**shared, **{stage: done[f"{stage} {seed}"][0] for stage in
+                                                          ("pretrain", *ARMS)}} for seed in settings.seeds}
     scores = {arm: {seed: runs[seed][arm]["scores"] for seed in settings.seeds} for arm in ARMS}
     chance = chance_levels(data)
     types = ["accuracy", *(name for name in QUESTION_TYPES if name in chance)]

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from viral.data.shapes import ARRAYS
+from viral.data.shapes import ARRAYS, scene_words
 
 
 @dataclass
@@ -83,6 +83,14 @@ def load_split(data_dir: str | Path, split: str, limit: int | None = None) -> Wo
         labels.append(label)
         objects.append(objects_from_labels(label))
     return WorldSplit(names, np.stack(images), np.stack(labels), objects)
+
+
+def split_scenes(data_dir: str | Path, split: str, grid: int, row_end: str | None = None,
+                 cell_names: bool = False) -> dict[str, str]:
+    """Image file name -> its scene as words (`scene_words` on a `grid` x `grid` raster) for every image of `split`."""
+    world = load_split(data_dir, split)
+    return {name: scene_words(labels, grid, row_end=row_end, cell_names=cell_names)
+            for name, labels in zip(world.names, world.labels)}
 
 
 def _split_arrays(path: Path, names: list[str], rows: int) -> tuple[np.ndarray, np.ndarray] | None:
