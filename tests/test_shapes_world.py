@@ -182,3 +182,32 @@ def test_scene_words_name_the_object_covering_each_cell_in_raster_order():
     labels[12:24, :6] = (2, 4)  # the bottom-left cell now half yellow square, 3/8 blue triangle
     assert scene_words(labels, 2).split()[2] == "yellowsquare"
     assert scene_words(labels, 2, min_cover=0.6).split() == ["blank", "redcircle", "blank", "blank"]
+
+
+def test_text_records_remove_or_replace_the_image_and_keep_the_asked_types():
+    from viral.data.shapes import text_records
+
+    records = [{"id": "train-0", "image": "images/train_000000.png", "conversations": [
+        {"from": "human", "value": "<image>\nHow many objects are there? Answer with a number."},
+        {"from": "gpt", "value": "2"},
+        {"from": "human", "value": "What colour is the square? Answer with one word."},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "Is the red object left or right of the blue object? Answer with one word."},
+        {"from": "gpt", "value": "left"}]},
+        {"id": "caption-0", "image": "images/train_000000.png", "conversations": [
+            {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": "one red square."}]}]
+    scenes = {"train_000000.png": "blank redsquare blank bluecircle"}
+    [text, caption] = text_records(records)  # the image removed, every turn kept
+    assert text["id"] == "text-train-0" and len(text["conversations"]) == 6
+    assert text["conversations"][0]["value"] == "How many objects are there? Answer with a number."
+    assert caption["conversations"][0]["value"] == "Describe the image."
+    [scene, scene_caption] = text_records(records, scenes)  # the scene where the image stood, nowhere else
+    assert scene["conversations"][0]["value"] == "blank redsquare blank bluecircle\nHow many objects are there? " \
+                                                 "Answer with a number."
+    assert scene["conversations"][2] == records[0]["conversations"][2]
+    assert scene_caption["conversations"][0]["value"] == "blank redsquare blank bluecircle\nDescribe the image."
+    # the oracle's narrowing: only colour and relation turns, one record each with its own scene
+    single = text_records(records, scenes, types=["colour", "relation"], single_turn=True)
+    assert [r["id"] for r in single] == ["scene-train-0-0", "scene-train-0-1"]
+    assert [r["conversations"][1]["value"] for r in single] == ["red", "left"]
+    assert all(r["conversations"][0]["value"].startswith("blank redsquare") for r in single)
