@@ -109,7 +109,8 @@ def write_markdown(out: Path, summary: dict[str, Any]) -> Path:
         "",
         f"Command: `{summary.get('command') or 'viral study'}`  ",
         f"Seeds: {seeds}; {settings['n_train']} training images, ShapesBench on {settings['n_eval']} evaluation "
-        f"images; language stage {settings.get('language_steps', 0)} steps; stage 1 {settings['pretrain_steps']} "
+        f"images; language stage {settings.get('language_steps', 0)} steps on the "
+        f"{settings.get('language_corpus', 'text')} corpus; stage 1 {settings['pretrain_steps']} "
         f"steps; stage 2 config `{settings['config']}` {' '.join(settings['overrides'])}; {wall_times(summary)}.",
         "",
         "## ShapesBench accuracy (%), mean ± std over seeds",
