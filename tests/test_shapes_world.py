@@ -211,3 +211,8 @@ def test_text_records_remove_or_replace_the_image_and_keep_the_asked_types():
     assert [r["id"] for r in single] == ["scene-train-0-0", "scene-train-0-1"]
     assert [r["conversations"][1]["value"] for r in single] == ["red", "left"]
     assert all(r["conversations"][0]["value"].startswith("blank redsquare") for r in single)
+    # several turns kept without the one that held the image: the scene still opens the record
+    [narrowed] = text_records(records[:1], scenes, types=["colour", "relation"])
+    assert narrowed["conversations"][0]["value"] == "blank redsquare blank bluecircle\nWhat colour is the square? " \
+                                                    "Answer with one word."
+    assert "blank" not in narrowed["conversations"][2]["value"]

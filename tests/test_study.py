@@ -133,7 +133,8 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
     written = json.loads((out / "study.json").read_text())
     assert set(written["runs"]) == {"0", "1"} and (out / "study.md").is_file() and (out / "study.png").is_file()
     # the LLM first learns the world's text, each image replaced by its scene as words on the student's 4 x 4
-    # image-token raster (32-pixel images, 8-pixel patches): one run for both seeds, then each seed's stage 1 starts from it in the chat format
+    # image-token raster (32-pixel images, 8-pixel patches): one run for both seeds, then each seed's stage 1
+    # starts from it in the chat format
     assert written["runs"]["0"]["language"] == written["runs"]["1"]["language"]
     language_dir = Path(written["runs"]["0"]["language"]["dir"])
     assert language_dir == out / "language"

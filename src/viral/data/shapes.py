@@ -372,7 +372,9 @@ def text_records(records: list[dict], scenes: dict[str, str] | None = None, type
     name -> text, e.g. `scene_words`) or, without `scenes`, removed.
 
     `types` keeps only the turns whose question is of those types (`question_type`; records left with none are
-    dropped); `single_turn` makes one record per kept turn, its first turn carrying the image's place.
+    dropped); `single_turn` makes one record per kept turn. The scene goes before the first kept question of
+    each record, where the image stood (ShapesWorld marks the image in a record's first turn), also when that
+    turn itself was dropped.
     """
     prefix = "text" if scenes is None else "scene"
     out = []
@@ -386,7 +388,7 @@ def text_records(records: list[dict], scenes: dict[str, str] | None = None, type
             conversation = []
             for i, (question, answer) in enumerate(group):
                 text = without_image(question)
-                if scene is not None and (i == 0 if single_turn else IMAGE_TOKEN in question):
+                if scene is not None and i == 0:
                     text = f"{scene}\n{text}"
                 conversation += [{"from": "human", "value": text}, {"from": "gpt", "value": answer}]
             suffix = f"-{k}" if single_turn else ""

@@ -150,7 +150,8 @@ def stage_configs(settings: StudySettings, seed: int, data_dir: Path, encoders_d
     num_layers = viral.model.num_layers
     pretrain_dir, language_dir = seed_dir / "pretrain", seed_dir.parent / LANGUAGE_DIR
     corpus = corpus or data_dir / TEXT_CORPUS
-    words = [data_dir / "train.json", data_dir / "captions.json"] + ([corpus] if corpus.name != TEXT_CORPUS else [])
+    scenes = corpus.name != TEXT_CORPUS  # the image's place holds its scene as words: those words join the vocabulary
+    words = [data_dir / "train.json", data_dir / "captions.json"] + ([corpus] if scenes else [])
 
     def tiny(model_seed: int) -> list[str]:
         return ["model.preset=tiny", f"model.seed={model_seed}", f"model.vision_tower_path={encoders_dir / STUDENT_DIR}",
@@ -166,7 +167,7 @@ def stage_configs(settings: StudySettings, seed: int, data_dir: Path, encoders_d
             "train.finetune_mode=full", f"train.max_steps={settings.language_steps}", "align.vra_loss=false",
         ]).to_dict()
         start = ["model.preset=llava", f"model.model_path={language_dir}"]
-        if corpus.name != TEXT_CORPUS:  # the LLM learned the chat format with the scene where the image goes
+        if scenes:  # the LLM learned the chat format with the scene where the image goes
             template = "auto"
     else:
         start = tiny(seed)
