@@ -111,6 +111,8 @@ def test_existence_and_colour_probe_tasks_read_the_label_maps(small_world):
 
 
 def test_two_arm_mini_study(tmp_path, small_world, stage0):
+    from transformers import CLIPVisionModel, LlavaForConditionalGeneration
+
     from viral.data.shapes import scene_words
     from viral.study.pipeline import StudySettings, run_study, stage_configs
     from viral.study.world import load_split
@@ -141,6 +143,13 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
     language = yaml.safe_load((language_dir / "viral_config.yaml").read_text())
     assert language["data"]["path"] == str(data / "scene-text-4.json") and language["train"]["max_steps"] == 2
     assert language["data"]["model_max_length"] == 320 and language["model"]["seed"] == 0
+    # it reads no image and trains beside the encoders: a random tower of the student's shape, which stage 1
+    # replaces by the trained student
+    student = CLIPVisionModel.from_pretrained(encoders / "student")
+    assert language["model"]["vision_tower_path"] is None
+    assert (language["model"]["image_size"], language["model"]["patch_size"]) == (32, 8)
+    language_tower = LlavaForConditionalGeneration.from_pretrained(language_dir).model.vision_tower
+    assert not torch.equal(language_tower.embeddings.patch_embedding.weight, student.embeddings.patch_embedding.weight)
     corpus = json.loads((data / "scene-text-4.json").read_text())
     world = load_split(data, "train")
     first = json.loads((data / "train.json").read_text())[0]
@@ -153,6 +162,9 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
         assert set(runs) == {"language", "pretrain", "baseline", "viral"}
         pretrain = yaml.safe_load((Path(runs["pretrain"]["dir"]) / "viral_config.yaml").read_text())
         assert pretrain["model"]["preset"] == "llava" and pretrain["model"]["model_path"] == str(language_dir)
+        assert pretrain["model"]["vision_tower_path"] == str(encoders / "student")
+        stage1_tower = LlavaForConditionalGeneration.from_pretrained(runs["pretrain"]["dir"]).model.vision_tower
+        assert all(torch.equal(stage1_tower.state_dict()[k], v) for k, v in student.state_dict().items())
         assert pretrain["data"]["template"] == "auto"
         baseline, viral = Path(runs["baseline"]["dir"]), Path(runs["viral"]["dir"])
         for run in (baseline, viral):
@@ -191,7 +203,7 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
     assert html.count('<tr data-seed="') == questions and 'data-image="i0"' in html
 
     # same data order in both arms: their trainers draw the same first batches
-    configs = stage_configs(settings, 0, data, encoders, out / "seed-0")
+    configs = stage_configs(settings, 0, data, encoders, out / "seed-0", student.config)
     orders = []
     for arm in ("baseline", "viral"):
         config = config_from_dict(json.loads(json.dumps(configs[arm])))
@@ -209,12 +221,15 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
 
 
 def test_a_run_folder_with_another_config_is_refused(tmp_path, small_world, stage0):
+    from transformers import CLIPVisionConfig
+
     from viral.config import ConfigError
     from viral.study.pipeline import StudySettings, run_one, stage_configs
 
     encoders, _ = stage0
     settings = StudySettings(seeds=[0], overrides=["model.hidden_size=32", "model.num_layers=2"], pretrain_steps=1)
-    config = stage_configs(settings, 0, Path(small_world), encoders, tmp_path / "seed-0")["pretrain"]
+    student = CLIPVisionConfig.from_pretrained(encoders / "student")
+    config = stage_configs(settings, 0, Path(small_world), encoders, tmp_path / "seed-0", student)["pretrain"]
     run_dir = Path(config["output_dir"])
     run_dir.mkdir(parents=True)
     other = json.loads(json.dumps(config))
@@ -270,13 +285,14 @@ def test_the_study_graph_runs_each_stage_after_what_it_reads(tmp_path):
     jobs = study_jobs(settings, configs, tmp_path / "shapes", tmp_path / "encoders", EncoderSettings(),
                       ["student", "teacher"])
     needs = {job.name: set(job.needs) for job in jobs}
-    # one language stage for every seed
-    assert [job.name for job in jobs] == ["student", "teacher", "language", "pretrain 0", "viral 0", "baseline 0",
+    # one language stage for every seed, from the start beside the encoders (it reads no image); stage 1 puts
+    # its LLM on the trained student
+    assert [job.name for job in jobs] == ["language", "student", "teacher", "pretrain 0", "viral 0", "baseline 0",
                                           "pretrain 1", "viral 1", "baseline 1", "probes"]
-    assert needs == {"student": set(), "teacher": set(), "language": {"student"}, "pretrain 0": {"language"},
+    assert needs == {"student": set(), "teacher": set(), "language": set(), "pretrain 0": {"language", "student"},
                      "viral 0": {"pretrain 0", "teacher"}, "baseline 0": {"pretrain 0"},
-                     "pretrain 1": {"language"}, "viral 1": {"pretrain 1", "teacher"}, "baseline 1": {"pretrain 1"},
-                     "probes": {"student", "teacher"}}
+                     "pretrain 1": {"language", "student"}, "viral 1": {"pretrain 1", "teacher"},
+                     "baseline 1": {"pretrain 1"}, "probes": {"student", "teacher"}}
     # reused encoders: no stage-0 jobs, and nothing waits for them
     assert [job.name for job in study_jobs(settings, configs, tmp_path, tmp_path, EncoderSettings(), [])][0] == \
         "language"

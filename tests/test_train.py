@@ -173,3 +173,50 @@ def test_resume_continues_the_same_loss_curve_and_checkpointing_changes_nothing(
     for a, b in zip(full, checkpointed):
         assert a["loss_lm"] == pytest.approx(b["loss_lm"], abs=1e-5)
         assert a["loss_vra"] == pytest.approx(b["loss_vra"], abs=1e-5)
+
+
+def test_llava_preset_swaps_in_a_trained_tower_of_the_same_grid(tmp_path, tiny_llava_path):
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    from viral.config import ConfigError, ModelConfig
+    from viral.model import IMAGE_TOKEN, build_model
+
+    def save_tower(folder, hidden, image_size, patch_size):
+        torch.manual_seed(1)
+        tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                                                 num_attention_heads=4, image_size=image_size, patch_size=patch_size))
+        tower.save_pretrained(folder)
+        CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                           image_mean=[0.1, 0.2, 0.3]).save_pretrained(folder)
+        return tower
+
+    # the tiny checkpoint's tower: 64 wide, 64-pixel images in 8-pixel patches; this one: 96 pixels in 12-pixel
+    # patches, the same 8 x 8 grid, so the projector reads it
+    tower = save_tower(tmp_path / "tower", 64, 96, 12)
+    model, processor = build_model(ModelConfig(preset="llava", model_path=tiny_llava_path,
+                                               vision_tower_path=str(tmp_path / "tower")), tmp_path / "run")
+    swapped = model.model.vision_tower.state_dict()
+    assert all(torch.equal(swapped[k], v) for k, v in tower.state_dict().items())
+    assert list(processor.image_processor.image_mean) == [0.1, 0.2, 0.3]
+    inputs = processor(images=[Image.new("RGB", (120, 90), "red")], text=[f"{IMAGE_TOKEN}\nhello"],
+                       return_tensors="pt")
+    assert inputs["pixel_values"].shape[-2:] == (96, 96)
+    assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == 64
+    assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+    # the checkpoint without the swap keeps its own tower
+    plain, _ = build_model(ModelConfig(preset="llava", model_path=tiny_llava_path), tmp_path / "run")
+    assert not torch.equal(plain.model.vision_tower.embeddings.patch_embedding.weight,
+                           tower.embeddings.patch_embedding.weight)
+
+    save_tower(tmp_path / "narrow", 32, 64, 8)
+    with pytest.raises(ConfigError, match="32 wide.*64 wide"):
+        build_model(ModelConfig(preset="llava", model_path=tiny_llava_path, vision_tower_path=str(tmp_path / "narrow")),
+                    tmp_path / "run")
+
+
+def test_vision_tower_path_is_refused_where_it_would_be_ignored(tmp_path):
+    from viral.config import ConfigError
+
+    with pytest.raises(ConfigError, match="vision_tower_path.*compose.*model.vision_tower"):
+        load_config(None, ["model.preset=compose", "model.llm=x", "model.vision_tower=y",
+                           f"model.vision_tower_path={tmp_path}"])

@@ -49,8 +49,9 @@ class ModelConfig:
     model_path: str | None = None  # checkpoint (llava, qwen2_vl, qwen2_5_vl) or a folder written by `viral train`
     llm: str | None = None  # hub id or path of a causal LM (preset: compose)
     vision_tower: str | None = None  # hub id or path of a CLIP/SigLIP vision model (preset: compose)
-    # tiny preset: a folder with a trained CLIP vision model + its image processor to use as the vision
-    # tower (image and patch size then come from that folder); None builds a random tower
+    # a folder with a trained CLIP/SigLIP vision model + its image processor. tiny preset: the vision tower
+    # (image and patch size then come from that folder; None builds a random tower); llava preset: replaces
+    # the checkpoint's tower (same kind, width and patch grid)
     vision_tower_path: str | None = None
     projector_type: str = "mlp2x_gelu"  # mlp2x_gelu | linear
     vision_feature_layer: int = -2
@@ -341,6 +342,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"model.preset is {config.model.preset!r}; choose one of {', '.join(presets)}")
     if config.model.preset in ("llava", "qwen2_vl", "qwen2_5_vl") and not config.model.model_path:
         raise ConfigError(f"model.preset is {config.model.preset!r} but model.model_path is not set")
+    if config.model.vision_tower_path and config.model.preset not in ("tiny", "llava"):
+        raise ConfigError(f"model.vision_tower_path applies to the tiny and llava presets, not {config.model.preset!r}"
+                          + (" (compose takes model.vision_tower)" if config.model.preset == "compose" else ""))
     if config.model.preset == "compose" and not (config.model.llm and config.model.vision_tower):
         raise ConfigError("model.preset is 'compose': set both model.llm and model.vision_tower")
     if config.model.projector_type not in ("mlp2x_gelu", "linear"):

@@ -11,6 +11,10 @@ Three ways, chosen by `ModelConfig.preset`:
   `model.vision_tower_path` the vision tower and image processor come from that folder (a trained
   CLIP vision model, e.g. the ShapesWorld study's stage-0 student) instead of a random tower.
 
+With the `llava` preset, `model.vision_tower_path` swaps the checkpoint's vision tower and image processor for
+that folder's (the same architecture, width and patch grid: the projector reads it), e.g. an LLM trained on
+text beside a tower trained at the same time.
+
 Presets `qwen2_vl` and `qwen2_5_vl` (and loading any checkpoint of those families) are dispatched to
 `viral.families`.
 
@@ -204,6 +208,25 @@ def _load_vision_tower(vision_id: str, dtype):
     return classes[model_type].from_pretrained(vision_id, dtype=dtype)
 
 
+def swap_vision_tower(model: LlavaForConditionalGeneration, processor: LlavaProcessor, path: str | Path) -> None:
+    """Put the trained tower in `path` (and its image processor) in place of `model`'s own, in place. The
+    projector reads the new tower, so it must be of the same kind, width and patch grid as the old one."""
+    tower = _load_vision_tower(str(path), model.dtype)
+    old, new = model.config.vision_config, tower.config
+
+    def shape(config) -> tuple[str, int, int]:
+        return config.model_type, config.hidden_size, config.image_size // config.patch_size
+
+    if shape(new) != shape(old):
+        raise ConfigError(f"model.vision_tower_path {path}: a {new.model_type} tower {new.hidden_size} wide on a "
+                          f"{shape(new)[2]}x{shape(new)[2]} patch grid; the checkpoint's projector reads a "
+                          f"{old.model_type} tower {old.hidden_size} wide on {shape(old)[2]}x{shape(old)[2]}")
+    model.model.vision_tower = tower
+    model.config.vision_config = new
+    processor.image_processor = AutoImageProcessor.from_pretrained(str(path))
+    processor.patch_size = new.patch_size  # image tokens per image: (image size // patch size) ** 2
+
+
 def compose(cfg: ModelConfig, dtype=torch.float32) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """LLaVA-1.5 from an LLM + a vision tower + a fresh projector (weights are moved, not copied)."""
     tokenizer = AutoTokenizer.from_pretrained(cfg.llm, use_fast=True)
@@ -301,7 +324,10 @@ def build_model(cfg: ModelConfig, output_dir: str | Path, data_path: str | None 
     if cfg.preset in FAMILIES:
         return get_family(cfg.preset).build_model(cfg, dtype=dtype)
     if cfg.preset == "llava":
-        return load_llava(cfg.model_path, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        model, processor = load_llava(cfg.model_path, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        if cfg.vision_tower_path:
+            swap_vision_tower(model, processor, cfg.vision_tower_path)
+        return model, processor
     if cfg.preset == "compose":
         return compose(cfg, dtype=dtype)
     corpus = cfg.tokenizer_corpus or data_path

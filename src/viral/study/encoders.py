@@ -225,15 +225,33 @@ def sincos_positions(grid: int, dim: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float()
 
 
-def build_student(settings: EncoderSettings, image_size: int):
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+def student_config(settings: EncoderSettings, image_size: int):
+    """The student's `CLIPVisionConfig`: known before the student is trained."""
+    from transformers import CLIPVisionConfig
 
-    config = CLIPVisionConfig(
+    return CLIPVisionConfig(
         hidden_size=settings.hidden_size, intermediate_size=settings.hidden_size * 2,
         num_hidden_layers=settings.num_layers, num_attention_heads=settings.num_heads,
         image_size=image_size, patch_size=settings.patch_size, projection_dim=settings.hidden_size,
     )
-    model = CLIPVisionModel(config)
+
+
+def tower_shape(vision) -> list[str]:
+    """`model.*` overrides giving the tiny preset a random vision tower of `vision`'s shape (a CLIP vision
+    config, e.g. `student_config`): what the language stage builds its LLaVA on, so that it need not wait for
+    the student (it reads no image; stage 1 swaps the trained student in). The LLM's initialisation is the
+    same as on the trained tower: the random one draws as many numbers."""
+    if vision.intermediate_size != 2 * vision.hidden_size:
+        raise ValueError(f"the tiny preset's tower has an MLP twice its width; this one: {vision.intermediate_size} "
+                         f"for {vision.hidden_size}")
+    return [f"model.image_size={vision.image_size}", f"model.patch_size={vision.patch_size}",
+            f"model.vision_hidden_size={vision.hidden_size}", f"model.vision_layers={vision.num_hidden_layers}"]
+
+
+def build_student(settings: EncoderSettings, image_size: int):
+    from transformers import CLIPVisionModel
+
+    model = CLIPVisionModel(student_config(settings, image_size))
     if settings.student_positions == "sincos":
         with torch.no_grad():
             model.embeddings.position_embedding.weight.copy_(

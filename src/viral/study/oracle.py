@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import CLIPVisionConfig
+
 from viral.data.shapes import text_records
 from viral.study.encoders import STUDENT_DIR
 from viral.study.pipeline import QUESTION_TYPES, StudySettings, run_one, stage_configs
@@ -51,12 +53,6 @@ class OracleSettings:
     row_end: str | None = None  # a word closing each row of the scene (None: the rows run on, as image tokens do)
     cell_names: bool = False  # each cell's word after a word naming its row and column ("r2c5")
     overrides: list[str] = field(default_factory=list)  # --set overrides of the language stage's config
-
-
-def student_grid(encoders_dir: Path) -> int:
-    """Image-token grid side of the stage-0 student: its image size // patch size."""
-    vision = json.loads((encoders_dir / STUDENT_DIR / "config.json").read_text())
-    return int(vision["image_size"]) // int(vision["patch_size"])
 
 
 def score_scene_text(model_dir: Path, data_dir: Path, scenes: dict[str, str], types: list[str],
@@ -91,7 +87,8 @@ def scene_oracle(data_dir: str | Path, encoders_dir: str | Path, out: str | Path
     if unknown or not settings.types:
         raise ValueError(f"types {settings.types}: choose among {QUESTION_TYPES}")
     data_dir, out = Path(data_dir), Path(out)
-    grid = settings.grid or student_grid(Path(encoders_dir))
+    student = CLIPVisionConfig.from_pretrained(Path(encoders_dir) / STUDENT_DIR)  # the stage-0 student's shape
+    grid = settings.grid or student.image_size // student.patch_size
     out.mkdir(parents=True, exist_ok=True)
     records = json.loads((data_dir / "train.json").read_text())
     scenes = {split: split_scenes(data_dir, split, grid, settings.row_end, settings.cell_names)
@@ -102,7 +99,8 @@ def scene_oracle(data_dir: str | Path, encoders_dir: str | Path, out: str | Path
     (out / CORPUS_NAME).write_text(json.dumps(corpus))
     study = StudySettings(seeds=[settings.seed], overrides=list(settings.overrides), language_seed=settings.seed,
                           language_steps=settings.steps)
-    config = stage_configs(study, settings.seed, data_dir, Path(encoders_dir), out / "seed", out / CORPUS_NAME)["language"]
+    config = stage_configs(study, settings.seed, data_dir, Path(encoders_dir), out / "seed", student,
+                           out / CORPUS_NAME)["language"]
     config["output_dir"] = str(out / "language")
     config["train"]["disable_tqdm"] = False  # one run in this process: its own progress bar
     record = run_one(config, threads=threads)

@@ -10,9 +10,12 @@ Layout under OUT (every number in `study.json` traces to a run folder):
                                 are (`scene-text-{grid}.json` in the world's folder: language_corpus "scene"),
                                 or removed (`text.json`: "text"), so that it arrives knowing the vocabulary, the
                                 answer formats and - with scenes - how to answer from what stands where the
-                                image tokens will be (skipped with language_steps = 0)
+                                image tokens will be (skipped with language_steps = 0). It reads no image, so
+                                its LLaVA holds a random tower of the student's shape and it trains beside the
+                                encoders rather than after them
     seed-K/pretrain/            stage 1: projector pre-training on captions (train.stage=pretrain; the chat
-                                template after a scene-text language stage, the plain one otherwise)
+                                template after a scene-text language stage, the plain one otherwise), the
+                                trained student swapped in for the language stage's tower
     seed-K/baseline/            stage 2 without alignment (align.vra_loss: false)
     seed-K/viral/               stage 2 with VIRAL (teacher = encoders/teacher)
     study.json, study.md, study.png
@@ -44,7 +47,8 @@ from viral.data.shapes import TEXT_CORPUS, write_text_corpus
 from viral.parallel import Job, run_graph
 from viral.runs import METRICS_NAME
 from viral.study.encoders import (PROGRESS_NAME, STUDENT_DIR, TEACHER_DIR, EncoderSettings, encoders_to_train,
-                                  probe_encoders, stage0_encoder, write_encoder_report)
+                                  probe_encoders, stage0_encoder, student_config, tower_shape,
+                                  write_encoder_report)
 
 logger = logging.getLogger(__name__)
 
@@ -137,10 +141,11 @@ def language_corpus(data_dir: Path, settings: StudySettings, grid: int) -> Path:
     return path
 
 
-def stage_configs(settings: StudySettings, seed: int, data_dir: Path, encoders_dir: Path,
-                  seed_dir: Path, corpus: Path | None = None) -> dict[str, dict[str, Any]]:
+def stage_configs(settings: StudySettings, seed: int, data_dir: Path, encoders_dir: Path, seed_dir: Path,
+                  student, corpus: Path | None = None) -> dict[str, dict[str, Any]]:
     """Resolved config dicts of one seed's runs: `language` (shared by the seeds, in the study's folder beside
-    `seed_dir`; read from `corpus`, default the world's `text.json`), `pretrain`, `baseline`, `viral`."""
+    `seed_dir`; read from `corpus`, default the world's `text.json`; on a random tower of the shape of
+    `student`, the student's CLIP vision config), `pretrain`, `baseline`, `viral`."""
     # progress: one bar in the study's process (RunsProgress) over the runs, none of their own
     base = list(settings.overrides) + ["train.disable_tqdm=true"]
     common = base + [f"train.seed={seed}"]
@@ -153,24 +158,26 @@ def stage_configs(settings: StudySettings, seed: int, data_dir: Path, encoders_d
     scenes = corpus.name != TEXT_CORPUS  # the image's place holds its scene as words: those words join the vocabulary
     words = [data_dir / "train.json", data_dir / "captions.json"] + ([corpus] if scenes else [])
 
-    def tiny(model_seed: int) -> list[str]:
-        return ["model.preset=tiny", f"model.seed={model_seed}", f"model.vision_tower_path={encoders_dir / STUDENT_DIR}",
+    student_tower = f"model.vision_tower_path={encoders_dir / STUDENT_DIR}"
+
+    def tiny(model_seed: int, tower: list[str]) -> list[str]:
+        return ["model.preset=tiny", f"model.seed={model_seed}", *tower,
                 f"model.tokenizer_corpus={','.join(str(path) for path in words)}"]
 
     configs = {}
     template = "plain"
     if settings.language_steps:
         # the LLM alone on text-only records (no image: the projector and the tower get no gradient)
-        configs["language"] = load_config(settings.config, base + tiny(settings.language_seed) + [
+        configs["language"] = load_config(settings.config, base + tiny(settings.language_seed, tower_shape(student)) + [
             f"train.seed={settings.language_seed}", f"output_dir={language_dir}", f"data.path={corpus}",
             f"data.model_max_length={settings.language_max_length}", "train.stage=finetune",
             "train.finetune_mode=full", f"train.max_steps={settings.language_steps}", "align.vra_loss=false",
         ]).to_dict()
-        start = ["model.preset=llava", f"model.model_path={language_dir}"]
+        start = ["model.preset=llava", f"model.model_path={language_dir}", student_tower]
         if scenes:  # the LLM learned the chat format with the scene where the image goes
             template = "auto"
     else:
-        start = tiny(seed)
+        start = tiny(seed, [student_tower])
     pretrain = load_config(settings.config, common + start + [
         f"output_dir={pretrain_dir}", f"data.path={data_dir / 'captions.json'}", f"data.template={template}",
         "train.stage=pretrain", f"train.max_steps={settings.pretrain_steps}", "align.vra_loss=false",
@@ -341,18 +348,20 @@ def study_jobs(settings: StudySettings, configs: dict[int, dict[str, dict[str, A
                encoder_settings: EncoderSettings, train_encoders: list[str]) -> list[Job]:
     """The study as a graph of jobs, each after what it reads, listed by priority (the longest chain first):
 
-    student, teacher (stage 0, when `train_encoders` names them) -> `language` (once; the tiny LLaVA is built
-    on the student tower) -> per seed `pretrain K` -> `viral K` (also reads the teacher) and `baseline K` (ShapesBench
-    at their end) -> `probes` of the two encoders last, filling a worker that would otherwise wait."""
-    jobs = [Job(kind, stage0_encoder, (kind, str(data), str(encoders), asdict(encoder_settings), True))
-            for kind in train_encoders]
+    `language` (once, from the start: it reads no image), student, teacher (stage 0, when `train_encoders` names
+    them) -> per seed `pretrain K` (the language stage's LLM on the student) -> `viral K` (also reads the
+    teacher) and `baseline K` (ShapesBench at their end) -> `probes` of the two encoders last, filling a worker
+    that would otherwise wait."""
+    jobs = []
     first = configs[settings.seeds[0]]
-    if "language" in first:  # one run for every seed
-        jobs.append(Job(LANGUAGE_DIR, run_one, (first["language"],), (STUDENT_DIR,)))
+    if "language" in first:  # one run for every seed; the longest job of stage 0
+        jobs.append(Job(LANGUAGE_DIR, run_one, (first["language"],)))
+    jobs += [Job(kind, stage0_encoder, (kind, str(data), str(encoders), asdict(encoder_settings), True))
+             for kind in train_encoders]
     for seed in settings.seeds:
         stages = configs[seed]
         jobs.append(Job(f"pretrain {seed}", run_one, (stages["pretrain"],),
-                        (LANGUAGE_DIR,) if "language" in stages else (STUDENT_DIR,)))
+                        (LANGUAGE_DIR, STUDENT_DIR) if "language" in stages else (STUDENT_DIR,)))
         before = (f"pretrain {seed}",)
         for arm in ("viral", "baseline"):  # the VIRAL arm is the longer one
             jobs.append(Job(f"{arm} {seed}", run_one, (
@@ -435,8 +444,9 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
     encoders = Path(encoders_dir) if encoders_dir else out / "encoders"
     encoder_settings = encoder_settings or EncoderSettings()
     kinds = encoders_to_train(encoders, encoder_settings)
-    corpus = language_corpus(data, settings, settings.image_size // encoder_settings.patch_size)
-    configs = {seed: stage_configs(settings, seed, data, encoders, out / f"seed-{seed}", corpus)
+    student = student_config(encoder_settings, settings.image_size)
+    corpus = language_corpus(data, settings, student.image_size // student.patch_size)
+    configs = {seed: stage_configs(settings, seed, data, encoders, out / f"seed-{seed}", student, corpus)
                for seed in settings.seeds}
     jobs = study_jobs(settings, configs, data, encoders, encoder_settings, kinds)
     sections: dict[str, dict[str, Any]] = {}
