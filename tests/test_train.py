@@ -220,3 +220,28 @@ def test_vision_tower_path_is_refused_where_it_would_be_ignored(tmp_path):
     with pytest.raises(ConfigError, match="vision_tower_path.*compose.*model.vision_tower"):
         load_config(None, ["model.preset=compose", "model.llm=x", "model.vision_tower=y",
                            f"model.vision_tower_path={tmp_path}"])
+
+
+def test_kept_cls_token_is_an_image_token_that_viral_does_not_align(tmp_path, shapes_dir):
+    """vision_feature_select_strategy "full": CLS is the first of grid * grid + 1 image tokens; the alignment
+    reads the patch tokens after it, against the teacher's grid (here the encoder's own patch features)."""
+    config = load_config(None, train_overrides(
+        tmp_path / "run", shapes_dir, "model.vision_feature_select_strategy=full", "align.vra_loss=true",
+        "align.vra_target=encoder", "align.target_layers=[2]"))
+    trainer, parts = build_trainer(config)
+    llava = parts["llava"]
+    tokens = llava.config.image_seq_length + 1  # 8 x 8 patches and CLS
+    batch = next(iter(trainer.get_train_dataloader()))
+    image = batch["input_ids"] == llava.config.image_token_index
+    assert image.sum(dim=1).tolist() == [tokens] * len(image)
+    armed = []
+    arm = trainer.model.capture.arm
+    trainer.model.capture.arm = lambda mask, targets: (armed.append((mask.clone(), targets)), arm(mask, targets))
+    outputs = trainer.model(**{k: v for k, v in batch.items() if k != "record_index"})
+    mask, targets = armed[-1]
+    first = image.float().argmax(dim=1)  # each sample's CLS position
+    assert mask.sum(dim=1).tolist() == [tokens - 1] * len(image)
+    assert not mask[torch.arange(len(image)), first].any() and mask[torch.arange(len(image)), first + 1].all()
+    assert torch.isfinite(outputs["loss"]) and int(outputs["vra_count"]) == len(image)
+    with pytest.raises(Exception, match="vision_feature_select_strategy"):
+        load_config(None, ["model.vision_feature_select_strategy=cls"])

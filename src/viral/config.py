@@ -55,6 +55,10 @@ class ModelConfig:
     vision_tower_path: str | None = None
     projector_type: str = "mlp2x_gelu"  # mlp2x_gelu | linear
     vision_feature_layer: int = -2
+    # which vision tokens become image tokens (tiny and compose presets; a checkpoint keeps its own): "default"
+    # drops CLIP's CLS token as LLaVA-1.5 does, "full" keeps it as the first image token (the image's global
+    # summary beside its patches; VIRAL aligns the patch tokens only)
+    vision_feature_select_strategy: str = "default"
     tokenizer_corpus: str | None = None  # text file / LLaVA JSON the tiny word-level tokenizer is trained on
     tiny_dir: str | None = None  # where the tiny preset is saved before it is loaded back
     image_size: int = 64  # tiny preset only
@@ -342,6 +346,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"model.preset is {config.model.preset!r}; choose one of {', '.join(presets)}")
     if config.model.preset in ("llava", "qwen2_vl", "qwen2_5_vl") and not config.model.model_path:
         raise ConfigError(f"model.preset is {config.model.preset!r} but model.model_path is not set")
+    if config.model.vision_feature_select_strategy not in ("default", "full"):
+        raise ConfigError(f"model.vision_feature_select_strategy is {config.model.vision_feature_select_strategy!r}; "
+                          "choose default (CLS dropped) or full (CLS kept)")
     if config.model.vision_tower_path and config.model.preset not in ("tiny", "llava"):
         raise ConfigError(f"model.vision_tower_path applies to the tiny and llava presets, not {config.model.preset!r}"
                           + (" (compose takes model.vision_tower)" if config.model.preset == "compose" else ""))

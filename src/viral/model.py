@@ -99,9 +99,16 @@ def image_grid(model: LlavaForConditionalGeneration) -> tuple[int, int]:
     return side, side
 
 
+def keeps_cls(model: LlavaForConditionalGeneration) -> bool:
+    """Whether the image tokens start with the tower's CLS token (vision_feature_select_strategy "full" on a
+    CLIP tower; a SigLIP tower has none)."""
+    return (model.config.vision_feature_select_strategy == "full"
+            and model.config.vision_config.model_type in ("clip", "clip_vision_model"))
+
+
 def num_image_tokens(model: LlavaForConditionalGeneration) -> int:
     rows, cols = image_grid(model)
-    return rows * cols
+    return rows * cols + int(keeps_cls(model))
 
 
 def _make_linear_projector(model: LlavaForConditionalGeneration) -> None:
@@ -113,13 +120,14 @@ def _make_linear_projector(model: LlavaForConditionalGeneration) -> None:
             projector.linear_2.bias.zero_()
 
 
-def build_processor(image_processor, tokenizer, patch_size: int, template: str) -> LlavaProcessor:
-    """A llava-hf processor: `<image>` expands to one token per patch (CLS dropped)."""
+def build_processor(image_processor, tokenizer, patch_size: int, template: str,
+                    select_strategy: str = "default") -> LlavaProcessor:
+    """A llava-hf processor: `<image>` expands to one token per patch (and one for CLS with "full")."""
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=patch_size,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=select_strategy,
         num_additional_image_tokens=1,
         chat_template=template,
         image_token=IMAGE_TOKEN,
@@ -166,7 +174,7 @@ def build_tiny(texts: list[str], cfg: ModelConfig, out_dir: str | Path) -> Path:
         image_seq_length=grid * grid,
         projector_hidden_act="linear" if cfg.projector_type == "linear" else "gelu",
         vision_feature_layer=cfg.vision_feature_layer,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
     )
     model = LlavaForConditionalGeneration(config)
     if tower is not None:  # the trained tower's weights, unchanged
@@ -183,7 +191,8 @@ def build_tiny(texts: list[str], cfg: ModelConfig, out_dir: str | Path) -> Path:
             "CLIPImageProcessor", size={"shortest_edge": cfg.image_size},
             crop_size={"height": cfg.image_size, "width": cfg.image_size},
         )
-    processor = build_processor(image_processor, tokenizer, vision_config.patch_size, get_template("tiny"))
+    processor = build_processor(image_processor, tokenizer, vision_config.patch_size, get_template("tiny"),
+                                cfg.vision_feature_select_strategy)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
@@ -247,7 +256,7 @@ def compose(cfg: ModelConfig, dtype=torch.float32) -> tuple[LlavaForConditionalG
         image_seq_length=grid * grid,
         projector_hidden_act="linear" if cfg.projector_type == "linear" else "gelu",
         vision_feature_layer=cfg.vision_feature_layer,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
         tie_word_embeddings=bool(getattr(llm.config, "tie_word_embeddings", False)),
     )
     with torch.device("meta"):
@@ -261,7 +270,8 @@ def compose(cfg: ModelConfig, dtype=torch.float32) -> tuple[LlavaForConditionalG
     model.generation_config = llm.generation_config
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     image_processor = AutoImageProcessor.from_pretrained(cfg.vision_tower)
-    processor = build_processor(image_processor, tokenizer, vision_config.patch_size, get_template("vicuna_v1"))
+    processor = build_processor(image_processor, tokenizer, vision_config.patch_size, get_template("vicuna_v1"),
+                                cfg.vision_feature_select_strategy)
     if getattr(tokenizer, "chat_template", None):
         processor.chat_template = tokenizer.chat_template
     return model, processor

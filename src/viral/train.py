@@ -42,7 +42,7 @@ from viral.connectors import get_connector
 from viral.data.llava import LlavaCollator, LlavaDataset
 from viral.data.templates import resolve_template
 from viral.families import FAMILIES, family_of_model, get_family
-from viral.model import build_model, image_grid, model_dimensions, num_image_tokens
+from viral.model import build_model, image_grid, keeps_cls, model_dimensions, num_image_tokens
 from viral.resilience import (
     NonFiniteGuard,
     SigtermCheckpoint,
@@ -82,6 +82,9 @@ class ViralTrainingModel(nn.Module):
         self._image_path = [family.projector(llava) if family is not None
                             else llava.model.multi_modal_projector]  # a list: not a second registration
         self._encoder_features: torch.Tensor | None = None
+        # vision_feature_select_strategy "full": each image's first image token is CLS, which no teacher patch
+        # matches; VIRAL aligns the patch tokens after it
+        self.skip_cls = family is None and keeps_cls(llava)
         if alignment_head is not None and family is None:
             llava.model.multi_modal_projector.register_forward_pre_hook(self._keep_encoder_features)
 
@@ -91,7 +94,8 @@ class ViralTrainingModel(nn.Module):
 
     def _keep_encoder_features(self, module, args) -> None:
         if self.capture is not None and self.capture.mask is not None:
-            self._encoder_features = args[0].detach()  # [B_img, N, D_v]: z, CLS dropped
+            features = args[0].detach()  # [B_img, N (+1 with CLS first), D_v]
+            self._encoder_features = features[:, 1:] if self.skip_cls else features  # [B_img, N, D_v]: z
 
     def _image_only_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters that only an image reaches: projector, residual, alignment head."""
@@ -107,7 +111,8 @@ class ViralTrainingModel(nn.Module):
         lm_kwargs = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
         image_mask = input_ids == self.image_token_id  # [B, T]
         if self.capture is not None:
-            self.capture.arm(image_mask, lambda: teacher_features if teacher_features is not None
+            patches = image_mask & (image_mask.cumsum(dim=1) > 1) if self.skip_cls else image_mask  # [B, T]
+            self.capture.arm(patches, lambda: teacher_features if teacher_features is not None
                              else self._encoder_features)
         try:
             out = self.mllm(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
