@@ -69,6 +69,7 @@ def test_pope_precision_recall_f1_yes_ratio_from_a_known_confusion_matrix(tmp_pa
     assert random["recall"] == 50.0
     assert random["f1"] == pytest.approx(400 / 7, abs=1e-3)
     assert random["yes_ratio"] == 37.5
+    assert random["false_positive_rate"] == 25.0  # one "yes" among four label-no questions
     assert summary["metrics"]["popular"]["accuracy"] == 100.0
     assert summary["metrics"]["adversarial"]["accuracy"] == 0.0
     # the paper's number: mean accuracy of random and popular (adversarial left out)
@@ -154,9 +155,25 @@ def test_shapes_accuracy_per_question_type(tmp_path):
     ])
     answers = {"[q0]": "Two.", "[q1]": "2", "[q2]": "Yes, it is.", "[q3]": "no", "[q4]": "Green"}
     summary = run("shapes", tmp_path, answers)
-    assert summary["metrics"] == {
+    assert {k: v for k, v in summary["metrics"].items() if not k.startswith("existence_")} == {
         "accuracy": 60.0, "count": 50.0, "relation": 100.0, "existence": 100.0, "colour": 0.0,
     }
+
+
+def test_shapes_existence_answer_rates_show_answers_that_ignore_the_truth(tmp_path):
+    # truth yes: yes, yes, no, no; truth no: yes, yes, no, unparsed
+    labels = ["yes"] * 4 + ["no"] * 4
+    write_shapes(tmp_path, [{"type": "existence", "answer": label} for label in labels] + [{"type": "count", "answer": "1"}])
+    said = ["Yes.", "yes", "no", "No", "yes", "Yes, there is.", "no", "I cannot tell."]
+    summary = run("shapes", tmp_path, {f"[q{i}]": text for i, text in enumerate(said)} | {"[q8]": "1"})
+    metrics = summary["metrics"]
+    assert metrics["existence"] == 37.5 and metrics["count"] == 100.0
+    # the same yes rate whatever the truth: these answers do not read the image
+    assert metrics["existence_recall"] == 50.0 and metrics["existence_false_positive_rate"] == 50.0
+    assert metrics["existence_yes_ratio"] == 50.0 and metrics["existence_precision"] == 50.0
+    # no existence question: no existence rates
+    write_shapes(tmp_path / "count-only", [{"type": "count", "answer": "1"}])
+    assert not any(k.startswith("existence") for k in run("shapes", tmp_path / "count-only", {"[q0]": "1"})["metrics"])
 
 
 def test_predictions_file_lets_a_user_audit_every_score(tmp_path):
@@ -207,4 +224,4 @@ def test_shapesbench_reads_what_viral_shapes_generate_writes(tmp_path):
     expected_right = sum(gold[row["question"]] == row["answer"] for row in rows)
     assert summary["counts"]["evaluated"] == len(rows)
     assert summary["counts"]["correct"] == expected_right > 0
-    assert set(summary["metrics"]) == {"accuracy"} | {row["type"] for row in rows}
+    assert {k for k in summary["metrics"] if not k.startswith("existence_")} == {"accuracy"} | {row["type"] for row in rows}

@@ -53,7 +53,8 @@ def register(subparsers) -> None:
     )
     oracle.add_argument("--data", required=True, help="ShapesWorld folder (from `viral study` or `viral shapes generate`)")
     oracle.add_argument("--encoders", required=True,
-                        help="stage-0 encoders folder (the tiny LLaVA is built on its student, which the text never uses)")
+                        help="stage-0 encoders folder: the student's patch grid sets the scene's (the tiny LLaVA holds a "
+                             "random tower of its shape, which the text never uses)")
     oracle.add_argument("--out", required=True, help="output folder")
     oracle.add_argument("--steps", type=int, default=1000, help="training steps (batch 32, as the study)")
     oracle.add_argument("--types", default=None,

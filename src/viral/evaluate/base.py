@@ -130,6 +130,32 @@ def accuracy(predictions: Iterable[Prediction]) -> float:
     return percent(sum(p.correct for p in predictions), len(predictions))
 
 
+def confusion_metrics(labels: list[str], said: list[str | None]) -> dict[str, float]:
+    """Accuracy, precision, recall (the yes rate when the truth is yes), F1, yes-ratio and the false-positive
+    rate (the yes rate when the truth is no), in percent, with "yes" as positive. A recall near the
+    false-positive rate means answers that do not depend on the truth.
+
+    An unparsed answer (None) is wrong: it is neither a "yes" (so not a false positive) nor a
+    correct "no".
+    """
+    true_positive = sum(label == "yes" and answer == "yes" for label, answer in zip(labels, said))
+    said_yes = sum(answer == "yes" for answer in said)
+    label_yes = sum(label == "yes" for label in labels)
+    false_positive = said_yes - true_positive
+    correct = sum(label == answer for label, answer in zip(labels, said))
+    precision = true_positive / said_yes if said_yes else 0.0
+    recall = true_positive / label_yes if label_yes else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "accuracy": percent(correct, len(labels)),
+        "precision": round(100 * precision, 4),
+        "recall": round(100 * recall, 4),
+        "f1": round(100 * f1, 4),
+        "yes_ratio": percent(said_yes, len(labels)),
+        "false_positive_rate": percent(false_positive, len(labels) - label_yes),
+    }
+
+
 def group_by(predictions: Iterable[Prediction], key: str) -> dict[str, list[Prediction]]:
     """Predictions grouped by `record.groups[key]`, groups in first-seen order."""
     groups: dict[str, list[Prediction]] = {}

@@ -27,9 +27,9 @@ from viral.evaluate.base import (
     Prediction,
     Record,
     ScoreReport,
+    confusion_metrics,
     find_first,
     group_by,
-    percent,
     read_jsonl,
     read_table,
     record_error,
@@ -47,28 +47,6 @@ PAPER_SPLITS = ("random", "popular")
 def split_of(name: str) -> str | None:
     lowered = name.lower()
     return next((split for split in SPLITS if split in lowered), None)
-
-
-def confusion_metrics(labels: list[str], said: list[str | None]) -> dict[str, float]:
-    """Accuracy, precision, recall, F1 and yes-ratio (percent) with "yes" as positive.
-
-    An unparsed answer (None) is wrong: it is neither a "yes" (so not a false positive) nor a
-    correct "no".
-    """
-    true_positive = sum(label == "yes" and answer == "yes" for label, answer in zip(labels, said))
-    said_yes = sum(answer == "yes" for answer in said)
-    label_yes = sum(label == "yes" for label in labels)
-    correct = sum(label == answer for label, answer in zip(labels, said))
-    precision = true_positive / said_yes if said_yes else 0.0
-    recall = true_positive / label_yes if label_yes else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "accuracy": percent(correct, len(labels)),
-        "precision": round(100 * precision, 4),
-        "recall": round(100 * recall, 4),
-        "f1": round(100 * f1, 4),
-        "yes_ratio": percent(said_yes, len(labels)),
-    }
 
 
 class POPE(Benchmark):

@@ -8,7 +8,9 @@ are there? Answer with a number."), `answer` ("2", "yes", "red", ...) and `type`
 Prompt: the question as written. Parsing: normalised exact match - the first word or number of
 the output, lowercased, number words mapped to digits ("Two." -> "2", "Yes, there is" -> "yes"),
 compared with the answer normalised the same way.
-Metrics: accuracy overall and per question type.
+Metrics: accuracy overall and per question type; for the yes/no existence questions also POPE's
+confusion metrics (`existence_recall` = the yes rate when the truth is yes, `existence_false_positive_rate`
+= the yes rate when it is no, precision, F1, yes-ratio).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from viral.evaluate.base import (
     Record,
     ScoreReport,
     accuracy,
+    confusion_metrics,
     group_by,
     read_jsonl,
     record_error,
@@ -72,10 +75,14 @@ class ShapesBench(Benchmark):
 
     def score(self, predictions: list[Prediction]) -> ScoreReport:
         by_type = group_by(predictions, "type")
+        existence = by_type.get("existence", [])
+        confusion = confusion_metrics([p.record.answer for p in existence], [p.parsed for p in existence])
         return ScoreReport(
             metrics={
                 "accuracy": accuracy(predictions),
                 **{name: accuracy(by_type[name]) for name in QUESTION_TYPES if name in by_type},
+                **({f"existence_{key}": value for key, value in confusion.items() if key != "accuracy"}
+                   if existence else {}),
             },
             counts={name: len(group) for name, group in by_type.items()},
         )
