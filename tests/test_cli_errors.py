@@ -99,3 +99,20 @@ def test_command_argument_mistakes_use_the_same_one_line_form(tmp_path, capsys, 
                  str(tmp_path / "oracle")]) == 2
     [line] = error_lines(capsys.readouterr().err)
     assert "--data" in line and "none" in line
+
+
+def test_oracle_passes_its_set_overrides_to_the_language_stage(tmp_path, monkeypatch):
+    import viral.study.oracle
+
+    (tmp_path / "train.json").write_text("[]")
+    (tmp_path / "student").mkdir()
+    seen = {}
+
+    def fake_oracle(data, encoders, out, settings, threads=None):
+        seen["settings"] = settings
+        return {"scores": {}, "final_loss": None}
+
+    monkeypatch.setattr(viral.study.oracle, "scene_oracle", fake_oracle)
+    assert main(["shapes", "oracle", "--data", str(tmp_path), "--encoders", str(tmp_path), "--out",
+                 str(tmp_path / "oracle"), "--set", "model.num_layers=8", "train.learning_rate=3e-4"]) == 0
+    assert seen["settings"].overrides == ["model.num_layers=8", "train.learning_rate=3e-4"]

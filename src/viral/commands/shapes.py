@@ -70,6 +70,9 @@ def register(subparsers) -> None:
     oracle.add_argument("--seed", type=int, default=0, help="the tiny LLM's initialisation and data order")
     oracle.add_argument("--eval-limit", type=int, default=None, help="ShapesBench questions scored (default: all)")
     oracle.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    oracle.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides of the language stage's config, as `viral study --set` "
+                             "(e.g. model.num_layers=8: a deeper tiny LLM)")
     oracle.set_defaults(func=run_oracle)
 
 
@@ -140,7 +143,7 @@ def run_oracle(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = OracleSettings(steps=args.steps, single_turn=args.single_turn, seed=args.seed,
                               eval_limit=args.eval_limit, row_end=args.row_end,
-                              cell_names=args.cell_names)
+                              cell_names=args.cell_names, overrides=list(args.overrides))
     if args.types is not None:
         from viral.study.pipeline import QUESTION_TYPES
 
