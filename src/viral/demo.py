@@ -1,7 +1,8 @@
 """The built-in demo: seed 0 of the ShapesWorld study (`viral.study`), baseline versus VIRAL, side by side.
 
-The demo is exactly `viral study --seeds 1`: the same world, encoders, steps and config, so its folder is the
-study's seed 0 and `viral study --out runs/demo` adds the other seeds to it. World and stage-0 encoders are
+The demo is exactly `viral study --scale demo --seeds 1` (`viral.study.scales`: about a third of the full
+study's compute, to fit 10 minutes on 2 CPU cores), so its folder is that study's seed 0 and
+`viral study --scale demo --out runs/demo` adds the other seeds to it. World and stage-0 encoders are
 reused when present, so a second `make demo` only retrains what changed. Two processes of one thread work
 through the study's jobs, each as soon as what it reads is ready (`viral.study.pipeline.study_jobs`: the
 two encoders, the LLM's language stage and stage 1, the two arms, the encoders' probes), one progress bar

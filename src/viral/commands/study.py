@@ -18,8 +18,13 @@ tests of the difference. Finished runs are reused and interrupted ones resume.
 
 def add_study_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> None:
     from viral.study.pipeline import DEFAULT_CONFIG
+    from viral.study.scales import SCALES
 
     parser.add_argument("--out", default="runs/demo" if demo else "runs/study", help="output folder")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="demo" if demo else "full",
+                        help="the study's size (viral.study.scales): 'full', the study of record (about 42 "
+                             "core-minutes for one seed), or 'demo', about a third of it, what make demo runs "
+                             f"(default {'demo' if demo else 'full'}); the flags below override it")
     parser.add_argument("--data", default=None, help="ShapesWorld folder to use or create (default OUT/shapes)")
     parser.add_argument("--encoders", default=None, help="stage-0 folder to use or create (default OUT/encoders)")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"stage-2 config (default {DEFAULT_CONFIG})")
@@ -58,18 +63,17 @@ def register(subparsers) -> None:
 
 
 def settings_from_args(args, seeds: list[int], defaults: dict | None = None):
-    """StudySettings and EncoderSettings from the parsed arguments (None: keep the defaults)."""
-    from viral.study.encoders import EncoderSettings
-    from viral.study.pipeline import StudySettings
+    """StudySettings and EncoderSettings of `args.scale`, with the flags given on top (None: keep the scale's)."""
+    from viral.study.scales import scaled_settings
 
-    settings = StudySettings(seeds=seeds, config=args.config, overrides=list(args.overrides), **(defaults or {}))
+    settings, encoders = scaled_settings(args.scale, seeds=seeds, config=args.config,
+                                         overrides=list(args.overrides), **(defaults or {}))
     for flag, name in (("language_steps", "language_steps"), ("language_corpus", "language_corpus"),
                        ("pretrain_steps", "pretrain_steps"), ("finetune_steps", "finetune_steps"),
                        ("train_images", "n_train"), ("eval_images", "n_eval"), ("eval_limit", "eval_limit"),
                        ("jobs", "jobs"), ("question_types", "question_types")):
         if getattr(args, flag) is not None:
             setattr(settings, name, getattr(args, flag))
-    encoders = EncoderSettings()
     if args.encoder_steps is not None:
         encoders.student_steps = encoders.teacher_steps = args.encoder_steps
     if args.probe_steps is not None:
