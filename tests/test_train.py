@@ -212,6 +212,37 @@ def test_llava_preset_swaps_in_a_trained_tower_of_the_same_grid(tmp_path, tiny_l
     with pytest.raises(ConfigError, match="32 wide.*64 wide"):
         build_model(ModelConfig(preset="llava", model_path=tiny_llava_path, vision_tower_path=str(tmp_path / "narrow")),
                     tmp_path / "run")
+    # the attention implementation asked for reaches the swapped-in tower as well as the checkpoint
+    eager, _ = build_model(ModelConfig(preset="llava", model_path=tiny_llava_path, attn_implementation="eager",
+                                       vision_tower_path=str(tmp_path / "tower")), tmp_path / "run")
+    assert eager.model.vision_tower.config._attn_implementation == "eager"
+    assert eager.model.language_model.config._attn_implementation == "eager"
+
+
+def test_compose_builds_llava_from_a_saved_llm_and_tower_with_the_attention_asked_for(tmp_path):
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig,
+                              LlamaForCausalLM)
+
+    from viral.config import ModelConfig
+    from viral.model import IMAGE_TOKEN, build_model, train_word_tokenizer
+
+    tokenizer = train_word_tokenizer(["how many circles are there", "two red circles"])
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     image_size=32, patch_size=8)).save_pretrained(tmp_path / "tower")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path / "tower")
+    for attention in ("eager", "sdpa"):
+        model, processor = build_model(ModelConfig(preset="compose", llm=str(tmp_path / "llm"),
+                                                   vision_tower=str(tmp_path / "tower"), attn_implementation=attention),
+                                       tmp_path / "run")
+        assert model.model.language_model.config._attn_implementation == attention
+        assert model.model.vision_tower.config._attn_implementation == attention
+    inputs = processor(images=[Image.new("RGB", (40, 30), "red")], text=[f"{IMAGE_TOKEN}\nhow many circles"],
+                       return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == 16  # a 4 x 4 grid
+    assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
 
 
 def test_vision_tower_path_is_refused_where_it_would_be_ignored(tmp_path):

@@ -198,8 +198,9 @@ def build_tiny(texts: list[str], cfg: ModelConfig, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def _load_vision_tower(vision_id: str, dtype):
-    """A CLIP/SigLIP vision model from a full or vision-only checkpoint."""
+def _load_vision_tower(vision_id: str, dtype, attn_implementation: str | None = None):
+    """A CLIP/SigLIP vision model from a full or vision-only checkpoint (attention as `attn_implementation`,
+    None: transformers' default)."""
     from transformers import CLIPVisionModel, SiglipVisionModel
 
     config = AutoConfig.from_pretrained(vision_id)
@@ -214,13 +215,19 @@ def _load_vision_tower(vision_id: str, dtype):
         raise ConfigError(
             f"model.vision_tower {vision_id!r} has model_type {model_type!r}; supported: {sorted(classes)}"
         )
-    return classes[model_type].from_pretrained(vision_id, dtype=dtype)
+    return classes[model_type].from_pretrained(vision_id, **_load_kwargs(dtype, attn_implementation))
 
 
-def swap_vision_tower(model: LlavaForConditionalGeneration, processor: LlavaProcessor, path: str | Path) -> None:
+def _load_kwargs(dtype, attn_implementation: str | None) -> dict:
+    """`from_pretrained` keywords: the dtype, and the attention implementation when one is asked for."""
+    return {"dtype": dtype, **({"attn_implementation": attn_implementation} if attn_implementation else {})}
+
+
+def swap_vision_tower(model: LlavaForConditionalGeneration, processor: LlavaProcessor, path: str | Path,
+                      attn_implementation: str | None = None) -> None:
     """Put the trained tower in `path` (and its image processor) in place of `model`'s own, in place. The
     projector reads the new tower, so it must be of the same kind, width and patch grid as the old one."""
-    tower = _load_vision_tower(str(path), model.dtype)
+    tower = _load_vision_tower(str(path), model.dtype, attn_implementation)
     old, new = model.config.vision_config, tower.config
 
     def shape(config) -> tuple[str, int, int]:
@@ -239,14 +246,14 @@ def swap_vision_tower(model: LlavaForConditionalGeneration, processor: LlavaProc
 def compose(cfg: ModelConfig, dtype=torch.float32) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """LLaVA-1.5 from an LLM + a vision tower + a fresh projector (weights are moved, not copied)."""
     tokenizer = AutoTokenizer.from_pretrained(cfg.llm, use_fast=True)
-    llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=dtype)
+    llm = AutoModelForCausalLM.from_pretrained(cfg.llm, **_load_kwargs(dtype, cfg.attn_implementation))
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if len(tokenizer) > llm.get_input_embeddings().weight.shape[0]:
         llm.resize_token_embeddings(len(tokenizer))
-    vision = _load_vision_tower(cfg.vision_tower, dtype)
+    vision = _load_vision_tower(cfg.vision_tower, dtype, cfg.attn_implementation)
     vision_config = vision.config
     grid = vision_config.image_size // vision_config.patch_size
     config = LlavaConfig(
@@ -260,7 +267,8 @@ def compose(cfg: ModelConfig, dtype=torch.float32) -> tuple[LlavaForConditionalG
         tie_word_embeddings=bool(getattr(llm.config, "tie_word_embeddings", False)),
     )
     with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
+        # the wrapper's own attention setting is written into the configs it shares with the LLM and the tower
+        model = LlavaForConditionalGeneration._from_config(config, **_load_kwargs(dtype, cfg.attn_implementation))
     model.model.language_model = llm.model
     model.lm_head = llm.lm_head
     model.model.vision_tower = vision
@@ -286,10 +294,7 @@ def load_llava(path: str | Path, dtype=torch.float32, attn_implementation: str |
     if model_type not in (None, "llava"):
         raise ConfigError(f"{path} holds a {model_type!r} model; viral trains and loads 'llava' and "
                           f"{sorted(FAMILIES)} models (LLaVA-OneVision: see the README's model families)")
-    kwargs = {"dtype": dtype}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    model = LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs)
+    model = LlavaForConditionalGeneration.from_pretrained(str(path), **_load_kwargs(dtype, attn_implementation))
     processor = AutoProcessor.from_pretrained(str(path))
     return model, processor
 
@@ -336,7 +341,7 @@ def build_model(cfg: ModelConfig, output_dir: str | Path, data_path: str | None 
     if cfg.preset == "llava":
         model, processor = load_llava(cfg.model_path, dtype=dtype, attn_implementation=cfg.attn_implementation)
         if cfg.vision_tower_path:
-            swap_vision_tower(model, processor, cfg.vision_tower_path)
+            swap_vision_tower(model, processor, cfg.vision_tower_path, cfg.attn_implementation)
         return model, processor
     if cfg.preset == "compose":
         return compose(cfg, dtype=dtype)
