@@ -59,7 +59,7 @@ def verdict(summary: dict, alpha: float = 0.05) -> str:
              f"behind on {', '.join(behind)}" if behind else "",
              f"no difference at p < {alpha} on {', '.join(same)}" if same else ""]
     return "this seed (McNemar): " + "; ".join(part for part in parts if part) + \
-        ". One seed is a smoke test; the README's five-seed table is the result."
+        ". One seed is a smoke test; the README's five-seed table at this scale is the result."
 
 
 def run_demo(args) -> dict:
