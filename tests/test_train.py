@@ -175,6 +175,20 @@ def test_resume_continues_the_same_loss_curve_and_checkpointing_changes_nothing(
         assert a["loss_vra"] == pytest.approx(b["loss_vra"], abs=1e-5)
 
 
+def test_resuming_a_checkpoint_at_max_steps_exports_it_without_another_step(tmp_path, shapes_dir):
+    common = ["align.vra_loss=true", "align.vra_target=encoder", "align.target_layers=[2]",
+              "train.max_steps=2", "train.save_steps=2"]
+    train(load_config(None, train_overrides(tmp_path / "run", shapes_dir, *common)))
+    finished = load_file(tmp_path / "run" / "checkpoint-2" / "model.safetensors")
+    (tmp_path / "run" / ALIGNMENT_HEAD_NAME).unlink()  # as if killed after the last checkpoint, before the export
+    train(load_config(None, train_overrides(tmp_path / "run", shapes_dir, *common,
+                                            f"train.resume_from_checkpoint={tmp_path / 'run' / 'checkpoint-2'}")))
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert [row["step"] for row in read_metrics(tmp_path / "run")][-1] == 2
+    head = load_file(tmp_path / "run" / ALIGNMENT_HEAD_NAME)  # exported from the checkpoint, not a fresh init
+    assert head and all(torch.equal(value, finished[f"alignment_head.{key}"]) for key, value in head.items())
+
+
 def test_llava_preset_swaps_in_a_trained_tower_of_the_same_grid(tmp_path, tiny_llava_path):
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 

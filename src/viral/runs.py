@@ -31,6 +31,12 @@ class MetricsJsonlCallback(TrainerCallback):
             handle.write(json.dumps(row) + "\n")
 
 
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The optimizer step a Trainer checkpoint folder was saved at (its `trainer_state.json`; 0 without one)."""
+    state_file = Path(checkpoint) / "trainer_state.json"
+    return json.loads(state_file.read_text())["global_step"] if state_file.is_file() else 0
+
+
 def trim_metrics(path: Path, resume_from_checkpoint: str | None) -> None:
     """Start `metrics.jsonl` afresh, or on resume keep only the rows up to the checkpoint's step."""
     if not path.exists():
@@ -38,7 +44,6 @@ def trim_metrics(path: Path, resume_from_checkpoint: str | None) -> None:
     if not resume_from_checkpoint:
         path.unlink()
         return
-    state_file = Path(resume_from_checkpoint) / "trainer_state.json"
-    step = json.loads(state_file.read_text())["global_step"] if state_file.is_file() else 0
+    step = checkpoint_step(resume_from_checkpoint)
     rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     path.write_text("".join(row + "\n" for row in rows))

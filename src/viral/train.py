@@ -51,7 +51,7 @@ from viral.resilience import (
     remove_stale_staging,
     save_checkpoint_atomically,
 )
-from viral.runs import METRICS_NAME, RUN_CONFIG_NAME, MetricsJsonlCallback, trim_metrics
+from viral.runs import METRICS_NAME, RUN_CONFIG_NAME, MetricsJsonlCallback, checkpoint_step, trim_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -506,8 +506,14 @@ def train(config: ExperimentConfig, callbacks: list[TrainerCallback] | None = No
     remove_stale_staging(config.output_dir)
     sigterm = SigtermCheckpoint()
     trainer.add_callback(sigterm)
+    resume = config.train.resume_from_checkpoint
     try:
-        trainer.train(resume_from_checkpoint=config.train.resume_from_checkpoint)
+        if resume and 0 < config.train.max_steps <= checkpoint_step(resume):
+            # the run had finished its steps; the Trainer would take one more past max_steps (at lr 0) and save it
+            logger.info("%s holds all %d steps: exporting it without training", resume, config.train.max_steps)
+            trainer._load_from_checkpoint(resume)
+        else:
+            trainer.train(resume_from_checkpoint=resume)
     finally:
         sigterm.restore()
     if sigterm.step is not None:
