@@ -443,3 +443,21 @@ def test_scene_oracle_trains_on_scene_text_and_scores_the_kept_types(tmp_path, s
     eval_scenes = {name: scene_words(labels, 4) for name, labels in zip(evaluation.names, evaluation.labels)}
     for prediction, row in zip(predictions, asked):
         assert prediction["prompt"] == f"{eval_scenes[Path(row['image']).name]}\n{row['question']}"
+
+
+def test_the_runs_progress_bar_starts_at_steps_already_written_and_times_only_new_ones(tmp_path):
+    from viral.study.pipeline import RunsProgress
+
+    reused, fresh = tmp_path / "reused.jsonl", tmp_path / "fresh.jsonl"
+    reused.write_text(json.dumps({"step": 90}) + "\n")
+    with RunsProgress("runs", [(reused, 100), (fresh, 50)], every=0.05) as progress:
+        assert progress.bar.n == 90
+        fresh.write_text(json.dumps({"step": 10}) + "\n" + json.dumps({"loss": 1.0}) + "\n")
+        import time
+
+        deadline = time.time() + 5
+        while progress.bar.n != 100 and time.time() < deadline:
+            time.sleep(0.02)
+        meter = progress.bar.format_dict
+        assert meter["n"] == 100 and meter["initial"] == 90  # rate and time left count the 10 new steps only
+    assert progress.bar.n == 100

@@ -213,7 +213,8 @@ class RunsProgress:
     """One progress bar for work that trains in other processes: every few seconds it adds up the last step
     written to each `(file, steps)` track, a JSON line per logged step with a `step` field (a run's
     `metrics.jsonl`, an encoder's progress file; the workers draw no bars of their own, so nothing
-    interleaves)."""
+    interleaves). Steps already written when it opens (reused or resumed runs) start the bar, outside its rate
+    and time left."""
 
     def __init__(self, label: str, tracks: list[tuple[Path, int]], every: float = 2.0):
         self.label, self.every = label, every
@@ -234,17 +235,21 @@ class RunsProgress:
                 continue
         return 0
 
+    def done(self) -> int:
+        """Steps written so far over all tracks."""
+        return min(self.total, sum(self.last_step(f) for f in self.files))
+
     def __enter__(self):
         import threading
 
         from tqdm.auto import tqdm
 
         self._stop = threading.Event()
-        self.bar = tqdm(total=self.total, desc=self.label, unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=self.total, initial=self.done(), desc=self.label, unit="step", dynamic_ncols=True)
 
         def poll():
             while not self._stop.wait(self.every):
-                self.bar.n = min(self.total, sum(self.last_step(f) for f in self.files))
+                self.bar.n = self.done()
                 self.bar.refresh()
 
         self.thread = threading.Thread(target=poll, daemon=True)
@@ -254,7 +259,7 @@ class RunsProgress:
     def __exit__(self, *exc):
         self._stop.set()
         self.thread.join()
-        self.bar.n = min(self.total, sum(self.last_step(f) for f in self.files))
+        self.bar.n = self.done()
         self.bar.close()
         return False
 
