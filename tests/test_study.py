@@ -114,6 +114,7 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
     from transformers import CLIPVisionModel, LlavaForConditionalGeneration
 
     from viral.data.shapes import scene_words
+    from viral.config import ConfigError
     from viral.study.pipeline import StudySettings, run_study, stage_configs
     from viral.study.world import load_split
     from viral.train import ALIGNMENT_HEAD_NAME, build_trainer
@@ -218,6 +219,30 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
     stamp = (out / "seed-0" / "viral" / "model.safetensors").stat().st_mtime_ns
     run_study(out, settings, EncoderSettings(**TINY_ENCODERS), data_dir=data, encoders_dir=encoders)
     assert (out / "seed-0" / "viral" / "model.safetensors").stat().st_mtime_ns == stamp
+
+    # a study with a longer stage 2 copies in the first one's language stage and stage 1 (--reuse-from) and
+    # trains only the arms, whose configs differ in train.max_steps
+    longer = tmp_path / "longer"
+    settings.seeds, settings.finetune_steps, settings.curve_every = [0], 4, 0
+    reused = run_study(longer, settings, EncoderSettings(**TINY_ENCODERS), data_dir=data, encoders_dir=encoders,
+                       reuse_from=out)
+    assert reused["copied_from"] == {str(longer / "language"): str(out / "language"),
+                                     str(longer / "seed-0" / "pretrain"): str(out / "seed-0" / "pretrain")}
+    for stage in ("language", "seed-0/pretrain"):
+        assert (longer / stage / "model.safetensors").read_bytes() == (out / stage / "model.safetensors").read_bytes()
+    pretrain = yaml.safe_load((longer / "seed-0" / "pretrain" / "viral_config.yaml").read_text())
+    assert pretrain["output_dir"] == str(longer / "seed-0" / "pretrain")
+    assert pretrain["model"]["model_path"] == str(longer / "language")
+    assert reused["runs"]["0"]["pretrain"]["dir"] == str(longer / "seed-0" / "pretrain")
+    for arm in ("baseline", "viral"):
+        arm_config = yaml.safe_load((longer / "seed-0" / arm / "viral_config.yaml").read_text())
+        assert arm_config["model"]["model_path"] == str(longer / "seed-0" / "pretrain")
+        assert [json.loads(x)["step"] for x in (longer / "seed-0" / arm / "metrics.jsonl").read_text().splitlines()] \
+            == [1, 2, 3, 4]
+    assert "Runs copied from an earlier study" in (longer / "study.md").read_text()
+    with pytest.raises(ConfigError, match="not a study folder"):
+        run_study(tmp_path / "other", settings, EncoderSettings(**TINY_ENCODERS), data_dir=data,
+                  encoders_dir=encoders, reuse_from=tmp_path / "shapes")
 
 
 def test_a_run_folder_with_another_config_is_refused(tmp_path, small_world, stage0):

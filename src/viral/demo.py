@@ -68,7 +68,8 @@ def run_demo(args) -> dict:
 
     settings, encoders = settings_from_args(args, [args.seed], demo_defaults())
     command = "viral " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    summary = run_study(args.out, settings, encoders, data_dir=args.data, encoders_dir=args.encoders, command=command)
+    summary = run_study(args.out, settings, encoders, data_dir=args.data, encoders_dir=args.encoders, command=command,
+                        reuse_from=args.reuse_from)
     print("\nShapesBench accuracy (%), one seed: baseline vs VIRAL from the same weights and data order\n")
     print(side_by_side(summary))
     print(verdict(summary))

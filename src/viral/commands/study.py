@@ -12,7 +12,8 @@ its scene as words, or removed with --language-corpus text), then per seed stage
 pre-training on captions) and stage 2 twice from the same weights and data order -
 baseline and VIRAL (teacher = the stage-0 teacher) - and ShapesBench on both. Writes OUT/study.json,
 OUT/study.md and OUT/study.png: per question type each arm's mean ± std over seeds and the paired
-tests of the difference. Finished runs are reused and interrupted ones resume.
+tests of the difference. Finished runs are reused and interrupted ones resume; --reuse-from copies in an
+earlier study's finished runs whose configs match (e.g. its language stage and stage 1 for a longer stage 2).
 """
 
 
@@ -27,6 +28,11 @@ def add_study_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> 
                              f"(default {'demo' if demo else 'full'}); the flags below override it")
     parser.add_argument("--data", default=None, help="ShapesWorld folder to use or create (default OUT/shapes)")
     parser.add_argument("--encoders", default=None, help="stage-0 folder to use or create (default OUT/encoders)")
+    parser.add_argument("--reuse-from", default=None, metavar="DIR",
+                        help="an earlier study's folder: each of its finished runs whose config is this study's "
+                             "(same data, encoders, model and training; only the folder differs) is copied in "
+                             "instead of trained, e.g. the language stage and stage 1 when only "
+                             "--finetune-steps differs; pass that study's --data and --encoders too")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"stage-2 config (default {DEFAULT_CONFIG})")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="overrides of the config for every stage, e.g. model.hidden_size=256")
@@ -110,7 +116,8 @@ def run(args) -> int:
     settings, encoders = settings_from_args(args, list(range(args.first_seed, args.first_seed + args.seeds)),
                                             {"jobs": default_jobs()})
     command = "viral " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    summary = run_study(args.out, settings, encoders, data_dir=args.data, encoders_dir=args.encoders, command=command)
+    summary = run_study(args.out, settings, encoders, data_dir=args.data, encoders_dir=args.encoders, command=command,
+                        reuse_from=args.reuse_from)
     print()
     print(format_table(MAIN_HEADER, comparison_rows(summary)))
     print(f"\nwall time {summary['seconds']['total'] / 60:.1f} min")

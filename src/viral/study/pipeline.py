@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from transformers import TrainerCallback
 from viral.config import ConfigError, config_from_dict, load_config
 from viral.data.shapes import TEXT_CORPUS, write_text_corpus
 from viral.parallel import Job, run_graph
-from viral.runs import METRICS_NAME
+from viral.runs import METRICS_NAME, RUN_CONFIG_NAME
 from viral.study.encoders import (PROGRESS_NAME, STUDENT_DIR, TEACHER_DIR, EncoderSettings, encoders_to_train,
                                   probe_encoders, stage0_encoder, student_config, tower_shape,
                                   write_encoder_report)
@@ -202,6 +203,50 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     config["train"].pop("resume_from_checkpoint", None)
     config["train"].pop("disable_tqdm", None)  # how the run showed progress, not what it trained
     return config
+
+
+def _rebase(value: Any, moves: dict[str, str]) -> Any:
+    """`value` (a config, nested) with every string that is a key of `moves` replaced by its value."""
+    if isinstance(value, dict):
+        return {key: _rebase(item, moves) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rebase(item, moves) for item in value]
+    return moves.get(value, value) if isinstance(value, str) else value
+
+
+def _differences(left: Any, right: Any, prefix: str = "") -> list[str]:
+    """Dotted keys at which two configs differ."""
+    if isinstance(left, dict) and isinstance(right, dict):
+        return [name for key in sorted(set(left) | set(right), key=str)
+                for name in _differences(left.get(key), right.get(key), f"{prefix}{key}.")]
+    return [] if left == right else [prefix.rstrip(".")]
+
+
+def adopt_runs(configs: list[dict[str, Any]], out: Path, source: Path) -> dict[str, str]:
+    """Copy into `out` each finished run of an earlier study's folder `source` whose config is this study's run's
+    at the same place (`language`, `seed-K/pretrain`, `seed-K/viral`, ...) once `source`'s run folders are read
+    as `out`'s: same data, encoders, model and training, so only where it was saved differs. A run already in
+    `out` is left alone. Returns {run folder: the folder it was copied from}."""
+    moves = {str(source / Path(config["output_dir"]).relative_to(out)): config["output_dir"] for config in configs}
+    adopted = {}
+    for config in configs:
+        new = Path(config["output_dir"])
+        old = source / new.relative_to(out)
+        if new.exists() or not (old / RUN_RECORD).is_file() or not (old / RUN_CONFIG_NAME).is_file():
+            continue
+        saved = _rebase(yaml.safe_load((old / RUN_CONFIG_NAME).read_text()), moves)
+        differences = _differences(_comparable(saved), _comparable(config))
+        if differences:
+            logger.info("not reusing %s: its config differs in %s", old, ", ".join(differences))
+            continue
+        shutil.copytree(old, new)
+        config_from_dict(saved, source=str(old / RUN_CONFIG_NAME)).save(new / RUN_CONFIG_NAME)
+        record = json.loads((new / RUN_RECORD).read_text())
+        record.update(dir=str(new), copied_from=str(old))
+        (new / RUN_RECORD).write_text(json.dumps(record, indent=2))
+        adopted[str(new)] = str(old)
+        logger.info("reusing %s as %s", old, new)
+    return adopted
 
 
 def run_track(config: dict[str, Any]) -> tuple[Path, int]:
@@ -428,13 +473,19 @@ def per_question(run_dir: Path) -> dict[str, dict[str, bool]]:
 
 def run_study(out: str | Path, settings: StudySettings | None = None, encoder_settings: EncoderSettings | None = None,
               data_dir: str | Path | None = None, encoders_dir: str | Path | None = None,
-              command: str | None = None) -> dict[str, Any]:
-    """The whole study; writes study.json, study.md and study.png under `out` and returns the summary."""
+              command: str | None = None, reuse_from: str | Path | None = None) -> dict[str, Any]:
+    """The whole study; writes study.json, study.md and study.png under `out` and returns the summary.
+
+    `reuse_from`: an earlier study's folder whose finished runs with this study's configs are copied in first
+    (`adopt_runs`), e.g. its language stage and stage 1 when only stage 2's length differs."""
     from viral.study.report import write_report
     from viral.study.stats import mcnemar, summarise
 
     settings = settings or StudySettings()
     out = Path(out)
+    if reuse_from is not None and not (Path(reuse_from) / LANGUAGE_DIR).is_dir() and \
+            not list(Path(reuse_from).glob("seed-*")):
+        raise ConfigError(f"--reuse-from {reuse_from}: not a study folder (no language/ or seed-*/ in it)")
     out.mkdir(parents=True, exist_ok=True)
     start, cpu = time.time(), time.process_time()
     stage_seconds: dict[str, float] = {}  # wall seconds per stage, in order (reused stages take ~0)
@@ -453,6 +504,9 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
     corpus = language_corpus(data, settings, student.image_size // student.patch_size)
     configs = {seed: stage_configs(settings, seed, data, encoders, out / f"seed-{seed}", student, corpus)
                for seed in settings.seeds}
+    unique_configs = list({config["output_dir"]: config for seed in settings.seeds
+                           for config in configs[seed].values()}.values())
+    adopted = adopt_runs(unique_configs, out, Path(reuse_from)) if reuse_from else {}
     jobs = study_jobs(settings, configs, data, encoders, encoder_settings, kinds)
     sections: dict[str, dict[str, Any]] = {}
 
@@ -465,8 +519,7 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
 
     steps = {STUDENT_DIR: encoder_settings.student_steps, TEACHER_DIR: encoder_settings.teacher_steps}
     tracks = [(encoders / kind / PROGRESS_NAME, steps[kind]) for kind in kinds]
-    tracks += [run_track(config) for config in {config["output_dir"]: config for seed in settings.seeds
-                                                for config in configs[seed].values()}.values()]
+    tracks += [run_track(config) for config in unique_configs]
     logger.info("stages 0-2, seeds %s: %d jobs, %d side by side", settings.seeds, len(jobs), settings.jobs)
     label = "stages 0-2 (encoders, language, stage 1, both arms)" if kinds else "stages 1-2 (language, stage 1, both arms)"
     with RunsProgress(label, tracks):
@@ -493,6 +546,7 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
                      "teacher_eval": encoder_report["teacher"]["eval"]},
         "chance": chance,
         "runs": {str(seed): runs[seed] for seed in settings.seeds},
+        "copied_from": adopted,
         "statistics": summarise(scores, types),
         "mcnemar_per_seed": {str(seed): value for seed, value in within_seed.items()},
         "seconds": {"total": round(time.time() - start, 1), "stages": stage_seconds,

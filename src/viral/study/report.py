@@ -113,6 +113,9 @@ def write_markdown(out: Path, summary: dict[str, Any]) -> Path:
         f"{settings.get('language_corpus', 'text')} corpus; stage 1 {settings['pretrain_steps']} "
         f"steps; stage 2 config `{settings['config']}` {' '.join(settings['overrides'])}; {wall_times(summary)}.",
         "",
+        *([f"Runs copied from an earlier study (`--reuse-from`): " + ", ".join(
+            f"`{new}` from `{old}`" for new, old in summary["copied_from"].items()) + ".", ""]
+          if summary.get("copied_from") else []),
         "## ShapesBench accuracy (%), mean ± std over seeds",
         "",
         markdown_table(MAIN_HEADER, comparison_rows(summary)),
