@@ -23,8 +23,9 @@ def add_study_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> 
 
     parser.add_argument("--out", default="runs/demo" if demo else "runs/study", help="output folder")
     parser.add_argument("--scale", choices=sorted(SCALES), default="demo" if demo else "full",
-                        help="the study's size (viral.study.scales): 'full', the study of record (about 42 "
-                             "core-minutes for one seed), or 'demo', about a third of it, what make demo runs "
+                        help="the study's size (viral.study.scales): 'full', the study of record (about 62 "
+                             "core-minutes for one seed, 42 at --finetune-steps 300), or 'demo', about a quarter "
+                             "of it, what make demo runs "
                              f"(default {'demo' if demo else 'full'}); the flags below override it")
     parser.add_argument("--data", default=None, help="ShapesWorld folder to use or create (default OUT/shapes)")
     parser.add_argument("--encoders", default=None, help="stage-0 folder to use or create (default OUT/encoders)")
