@@ -275,6 +275,7 @@ def write_shapes(root: Path, questions: list[dict]) -> Path:
         "relation": "Is the blue square left of the green triangle? Answer yes or no.",
         "existence": "Is there a yellow circle? Answer yes or no.",
         "colour": "What colour is the triangle? Answer with one word.",
+        "position": "Is the red object in the left or the right half? Answer with one word.",
     }
     rows = []
     for index, spec in enumerate(questions):

@@ -160,6 +160,22 @@ def test_shapes_accuracy_per_question_type(tmp_path):
     }
 
 
+def test_shapes_scores_relation_and_position_per_axis_of_the_image(tmp_path):
+    # position: left/right answered right twice of two, top/bottom once of two; relation: above/below 0 of 1
+    write_shapes(tmp_path, [{"type": "position", "answer": a} for a in ("left", "right", "top", "bottom")]
+                 + [{"type": "relation", "answer": "below"}, {"type": "count", "answer": "1"}])
+    said = {"[q0]": "Left.", "[q1]": "right", "[q2]": "top", "[q3]": "top", "[q4]": "above", "[q5]": "1"}
+    summary = run("shapes", tmp_path, said, output=tmp_path / "out" / "shapes.json")
+    metrics, counts = summary["metrics"], summary["counts"]
+    assert metrics["position"] == 75.0 and metrics["position_horizontal"] == 100.0
+    assert metrics["position_vertical"] == 50.0 and metrics["relation_vertical"] == 0.0
+    assert "relation_horizontal" not in metrics and "count_horizontal" not in metrics
+    assert counts["position_horizontal"] == counts["position_vertical"] == 2 and counts["relation_vertical"] == 1
+    rows = [json.loads(line) for line in (tmp_path / "out" / summary["predictions_file"]).read_text().splitlines()]
+    assert [row["axis"] for row in rows] == ["position_horizontal"] * 2 + ["position_vertical"] * 2 + \
+        ["relation_vertical", None]
+
+
 def test_shapes_existence_answer_rates_show_answers_that_ignore_the_truth(tmp_path):
     # truth yes: yes, yes, no, no; truth no: yes, yes, no, unparsed
     labels = ["yes"] * 4 + ["no"] * 4
@@ -224,4 +240,8 @@ def test_shapesbench_reads_what_viral_shapes_generate_writes(tmp_path):
     expected_right = sum(gold[row["question"]] == row["answer"] for row in rows)
     assert summary["counts"]["evaluated"] == len(rows)
     assert summary["counts"]["correct"] == expected_right > 0
-    assert {k for k in summary["metrics"] if not k.startswith("existence_")} == {"accuracy"} | {row["type"] for row in rows}
+    from viral.evaluate.shapes import axis_group
+
+    axes = {axis_group(row["type"], row["answer"]) for row in rows} - {None}
+    assert {k for k in summary["metrics"] if not k.startswith("existence_")} == \
+        {"accuracy"} | {row["type"] for row in rows} | axes

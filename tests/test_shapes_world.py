@@ -112,8 +112,9 @@ def test_chance_is_the_best_answer_per_question_form(tmp_path):
         json.dumps({"question_id": str(i), "image": "x.png", "type": t, "question": q, "answer": a}) + "\n"
         for i, (t, q, a) in enumerate(rows)))
     (tmp_path / "meta.json").write_text(json.dumps({"shapes": ["circle"], "colours": ["red", "green", "blue"]}))
-    # left/right form: "left" 2 of 2; above/below form: 1 of 2; count: 2 of 3
-    assert chance_levels(tmp_path) == {"relation": 75.0, "count": round(200 / 3, 2)}
+    # left/right form: "left" 2 of 2; above/below form: 1 of 2; count: 2 of 3; and relation per axis
+    assert chance_levels(tmp_path) == {"relation": 75.0, "count": round(200 / 3, 2), "relation_horizontal": 100.0,
+                                       "relation_vertical": 50.0}
 
 
 def test_drawing_in_two_processes_writes_the_same_world(tmp_path):

@@ -193,6 +193,22 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
         assert {"paired_t", "sign_test", "mean_difference"} <= set(entry["paired"])
         assert set(written["mcnemar_per_seed"]["0"][name]) >= {"p_value", "questions"}
     assert summary["outputs"]["plot"].endswith("study.png")
+    # relation and position per axis of the image, from each run's predictions: scores, tests and chance
+    from viral.evaluate.shapes import axis_group
+
+    for seed in ("0", "1"):
+        for arm in ("baseline", "viral"):
+            rows = [json.loads(x) for x in (Path(written["runs"][seed][arm]["dir"]) / "eval" / "predictions.jsonl")
+                    .read_text().splitlines()]
+            expected = {}
+            for row in rows:
+                if axis_group(row["type"], row["answer"]):
+                    expected.setdefault(axis_group(row["type"], row["answer"]), []).append(row["correct"])
+            assert expected and written["runs"][seed][arm]["axes"] == {
+                name: round(100.0 * sum(v) / len(v), 4) for name, v in expected.items()}
+    assert set(written["statistics_by_axis"]["types"]) == set(expected) <= set(written["chance"])
+    assert set(expected) <= set(written["mcnemar_per_seed"]["0"])
+    assert "per axis of the image" in (out / "study.md").read_text()
 
     # `viral report` on the trained study: its table, training curves and every (seed, question) in the browser
     from viral.report import write_html_report

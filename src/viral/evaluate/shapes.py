@@ -10,7 +10,9 @@ the output, lowercased, number words mapped to digits ("Two." -> "2", "Yes, ther
 compared with the answer normalised the same way.
 Metrics: accuracy overall and per question type; for the yes/no existence questions also POPE's
 confusion metrics (`existence_recall` = the yes rate when the truth is yes, `existence_false_positive_rate`
-= the yes rate when it is no, precision, F1, yes-ratio).
+= the yes rate when it is no, precision, F1, yes-ratio); for relation and position also the accuracy per
+axis (`position_horizontal`: "left or right" questions, `position_vertical`: "top or bottom", likewise
+`relation_horizontal` / `relation_vertical`), since a model can read one axis of an image and not the other.
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ from viral.evaluate.base import (
 from viral.evaluate.parsing import normalise_short_answer, parse_short_answer
 
 QUESTION_TYPES = ("count", "relation", "existence", "colour", "position")
+AXIS_TYPES = ("relation", "position")  # the types asked along one axis of the image
+AXES = {"left": "horizontal", "right": "horizontal", "top": "vertical", "bottom": "vertical", "above": "vertical",
+        "below": "vertical"}  # each answer of those types -> its axis
+AXIS_GROUPS = tuple(f"{name}_{axis}" for name in AXIS_TYPES for axis in ("horizontal", "vertical"))
+
+
+def axis_group(question_type: str, answer: str) -> str | None:
+    """'position_horizontal' for a position question answered 'left' or 'right', ...; None off those types."""
+    axis = AXES.get(answer)
+    return f"{question_type}_{axis}" if question_type in AXIS_TYPES and axis else None
 
 
 class ShapesBench(Benchmark):
@@ -60,7 +72,7 @@ class ShapesBench(Benchmark):
                     question=str(require(row, "question", file, index)),
                     answer=answer,
                     image=ImageRef.from_path(file.parent / str(require(row, "image", file, index))),
-                    groups={"type": question_type},
+                    groups={"type": question_type, "axis": axis_group(question_type, answer)},
                 )
             )
         if not records:
@@ -75,14 +87,17 @@ class ShapesBench(Benchmark):
 
     def score(self, predictions: list[Prediction]) -> ScoreReport:
         by_type = group_by(predictions, "type")
+        by_axis = group_by(predictions, "axis")
         existence = by_type.get("existence", [])
         confusion = confusion_metrics([p.record.answer for p in existence], [p.parsed for p in existence])
         return ScoreReport(
             metrics={
                 "accuracy": accuracy(predictions),
                 **{name: accuracy(by_type[name]) for name in QUESTION_TYPES if name in by_type},
+                **{name: accuracy(by_axis[name]) for name in AXIS_GROUPS if name in by_axis},
                 **({f"existence_{key}": value for key, value in confusion.items() if key != "accuracy"}
                    if existence else {}),
             },
-            counts={name: len(group) for name, group in by_type.items()},
+            counts={**{name: len(group) for name, group in by_type.items()},
+                    **{name: len(by_axis[name]) for name in AXIS_GROUPS if name in by_axis}},
         )

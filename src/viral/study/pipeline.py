@@ -45,6 +45,7 @@ from transformers import TrainerCallback
 
 from viral.config import ConfigError, config_from_dict, load_config
 from viral.data.shapes import TEXT_CORPUS, write_text_corpus
+from viral.evaluate.shapes import AXIS_GROUPS, axis_group
 from viral.parallel import Job, run_graph
 from viral.runs import METRICS_NAME, RUN_CONFIG_NAME
 from viral.study.encoders import (PROGRESS_NAME, STUDENT_DIR, TEACHER_DIR, EncoderSettings, encoders_to_train,
@@ -441,7 +442,8 @@ def question_form(question: str, vocabulary: set[str]) -> str:
 
 
 def chance_levels(data_dir: Path) -> dict[str, float]:
-    """Per type, the accuracy (%) of the best answer prior: the most frequent answer of each question form.
+    """Per type (and per axis of relation and position: `AXIS_GROUPS`), the accuracy (%) of the best answer
+    prior: the most frequent answer of each question form.
 
     The form is the question with the world's colour and shape words masked, so a "left or right" question
     counts "left" and an "above or below" one "above": what a model that ignores the image can reach.
@@ -453,21 +455,26 @@ def chance_levels(data_dir: Path) -> dict[str, float]:
     for line in (data_dir / "eval.jsonl").read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            form = answers.setdefault(row["type"], {}).setdefault(question_form(row["question"], vocabulary), {})
-            form[row["answer"]] = form.get(row["answer"], 0) + 1
+            form_name = question_form(row["question"], vocabulary)
+            for group in (row["type"], axis_group(row["type"], row["answer"].lower())):
+                if group is not None:
+                    form = answers.setdefault(group, {}).setdefault(form_name, {})
+                    form[row["answer"]] = form.get(row["answer"], 0) + 1
     return {name: round(100.0 * sum(max(c.values()) for c in forms.values())
                         / sum(sum(c.values()) for c in forms.values()), 2)
             for name, forms in answers.items()}
 
 
 def per_question(run_dir: Path) -> dict[str, dict[str, bool]]:
-    """`{type: {question_id: correct}}` from a run's predictions.jsonl."""
+    """`{type: {question_id: correct}}` from a run's predictions.jsonl, also per axis (`position_horizontal`, ...)
+    and over all questions (`accuracy`)."""
     out: dict[str, dict[str, bool]] = {}
     for line in (run_dir / EVAL_DIR / "predictions.jsonl").read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            out.setdefault(row["type"], {})[row["question_id"]] = bool(row["correct"])
-            out.setdefault("accuracy", {})[row["question_id"]] = bool(row["correct"])
+            for group in ("accuracy", row["type"], axis_group(row["type"], row["answer"])):
+                if group is not None:
+                    out.setdefault(group, {})[row["question_id"]] = bool(row["correct"])
     return out
 
 
@@ -534,8 +541,14 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
     types = ["accuracy", *(name for name in QUESTION_TYPES if name in chance)]
     within_seed = {}
     for seed in settings.seeds:
-        b, v = per_question(Path(runs[seed]["baseline"]["dir"])), per_question(Path(runs[seed]["viral"]["dir"]))
-        within_seed[seed] = {name: mcnemar(b[name], v[name]) for name in types if name in b and name in v}
+        questions = {arm: per_question(Path(runs[seed][arm]["dir"])) for arm in ARMS}
+        for arm in ARMS:  # relation and position per axis, from the predictions (runs scored before they existed too)
+            runs[seed][arm]["axes"] = {name: round(100.0 * sum(questions[arm][name].values())
+                                                   / len(questions[arm][name]), 4)
+                                       for name in AXIS_GROUPS if name in questions[arm]}
+        b, v = questions["baseline"], questions["viral"]
+        within_seed[seed] = {name: mcnemar(b[name], v[name]) for name in (*types, *AXIS_GROUPS)
+                             if name in b and name in v}
     summary = {
         "command": command,
         "settings": asdict(settings),
@@ -548,6 +561,8 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
         "runs": {str(seed): runs[seed] for seed in settings.seeds},
         "copied_from": adopted,
         "statistics": summarise(scores, types),
+        "statistics_by_axis": summarise({arm: {seed: runs[seed][arm]["axes"] for seed in settings.seeds}
+                                         for arm in ARMS}, list(AXIS_GROUPS)),
         "mcnemar_per_seed": {str(seed): value for seed, value in within_seed.items()},
         "seconds": {"total": round(time.time() - start, 1), "stages": stage_seconds,
                     "jobs": {name: {"start": begin, "end": end} for name, (_, begin, end) in done.items()},

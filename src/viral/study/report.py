@@ -6,8 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from viral.evaluate.shapes import AXIS_GROUPS
+
 ARM_LABELS = {"baseline": "baseline", "viral": "VIRAL"}
 TYPES = ["accuracy", "count", "relation", "existence", "colour", "position"]
+AXIS_NAMES = list(AXIS_GROUPS)  # position_horizontal, position_vertical, relation_horizontal, relation_vertical
+LABELS = {"accuracy": "all", "position_horizontal": "position: left / right", "position_vertical":
+          "position: top / bottom", "relation_horizontal": "relation: left / right",
+          "relation_vertical": "relation: above / below"}
 
 
 def _pm(stats: dict[str, Any] | None) -> str:
@@ -36,11 +42,12 @@ def wall_times(summary: dict[str, Any]) -> str:
     return text
 
 
-def comparison_rows(summary: dict[str, Any]) -> list[list[str]]:
-    """Rows of the main table: type, chance, each arm's mean ± std, difference, tests."""
+def comparison_rows(summary: dict[str, Any], names: list[str] = TYPES, statistics: str = "statistics") -> list[list[str]]:
+    """Rows of the main table (or, with `AXIS_NAMES` and "statistics_by_axis", of relation and position per
+    axis): type, chance, each arm's mean ± std, difference, tests."""
     rows = []
-    for name in TYPES:
-        entry = summary["statistics"]["types"].get(name)
+    for name in names:
+        entry = summary.get(statistics, {}).get("types", {}).get(name)
         if entry is None:
             continue
         paired = entry["paired"]
@@ -48,7 +55,7 @@ def comparison_rows(summary: dict[str, Any]) -> list[list[str]]:
         difference = f"{paired['mean_difference']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
         sign = paired["sign_test"]
         chance = summary["chance"].get(name)
-        rows.append([name if name != "accuracy" else "all", "-" if chance is None else f"{chance:.1f}",
+        rows.append([LABELS.get(name, name), "-" if chance is None else f"{chance:.1f}",
                      _pm(entry["baseline"]), _pm(entry["viral"]), difference,
                      format_p(paired["paired_t"]["p_value"]),
                      f"{sign['positive']}+/{sign['negative']}- p={format_p(sign['p_value'])}"])
@@ -126,6 +133,9 @@ def write_markdown(out: Path, summary: dict[str, Any]) -> Path:
         "t-test over seeds; exact sign test).",
         "",
     ]
+    if comparison_rows(summary, AXIS_NAMES, "statistics_by_axis"):
+        lines += ["Relation and position per axis of the image (from each run's `eval/predictions.jsonl`):", "",
+                  markdown_table(MAIN_HEADER, comparison_rows(summary, AXIS_NAMES, "statistics_by_axis")), ""]
     learnable = summary.get("above_chance", {})
     if learnable and not learnable.get("all", True):
         failing = [f"{ARM_LABELS[arm]}: {name}" for arm in ARM_LABELS for name, ok in learnable.get(arm, {}).items()
