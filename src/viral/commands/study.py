@@ -111,7 +111,7 @@ def run(args) -> int:
 
     from viral.report import write_html_report
     from viral.study.pipeline import run_study
-    from viral.study.report import MAIN_HEADER, comparison_rows, format_table
+    from viral.study.report import AXIS_NAMES, MAIN_HEADER, comparison_rows, format_table
 
     setup(args)
     settings, encoders = settings_from_args(args, list(range(args.first_seed, args.first_seed + args.seeds)),
@@ -121,6 +121,10 @@ def run(args) -> int:
                         reuse_from=args.reuse_from)
     print()
     print(format_table(MAIN_HEADER, comparison_rows(summary)))
+    by_axis = comparison_rows(summary, AXIS_NAMES, "statistics_by_axis")
+    if by_axis:
+        print("\nrelation and position per axis of the image\n")
+        print(format_table(MAIN_HEADER, by_axis))
     print(f"\nwall time {summary['seconds']['total'] / 60:.1f} min")
     for name, path in summary["outputs"].items():
         print(f"{name}: {path}")

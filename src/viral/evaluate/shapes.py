@@ -37,7 +37,7 @@ from viral.evaluate.base import (
 from viral.evaluate.parsing import normalise_short_answer, parse_short_answer
 
 QUESTION_TYPES = ("count", "relation", "existence", "colour", "position")
-AXIS_TYPES = ("relation", "position")  # the types asked along one axis of the image
+AXIS_TYPES = ("position", "relation")  # the types asked along one axis of the image
 AXES = {"left": "horizontal", "right": "horizontal", "top": "vertical", "bottom": "vertical", "above": "vertical",
         "below": "vertical"}  # each answer of those types -> its axis
 AXIS_GROUPS = tuple(f"{name}_{axis}" for name in AXIS_TYPES for axis in ("horizontal", "vertical"))
