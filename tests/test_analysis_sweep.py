@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from conftest import train_overrides
 from viral.config import ConfigError
@@ -36,6 +37,20 @@ def test_two_point_sweep_writes_its_table_and_resumes(tmp_path, shapes_dir):
     again = run_sweep(None, ["target_layers=[[1],[2]]"], out, overrides, eval_limit=4)
     assert [row["status"] for row in again["rows"]] == ["reused", "reused"]
     assert [row["scores"] for row in again["rows"]] == [row["scores"] for row in rows]
+
+    # a base config saved by a resumed run names that run's finished checkpoint; each point still trains its own
+    first = out / "target_layers-1"
+    checkpoints = sorted(first.glob("checkpoint-*"))
+    assert checkpoints
+    saved = yaml.safe_load((first / "viral_config.yaml").read_text())
+    saved["train"]["resume_from_checkpoint"] = str(checkpoints[-1])
+    base = tmp_path / "resumed_run.yaml"
+    base.write_text(yaml.safe_dump(saved))
+    other = run_sweep(str(base), ["target_layers=[[2]]"], tmp_path / "from-saved", [], eval_limit=4)
+    point = tmp_path / "from-saved" / "target_layers-2"
+    assert other["rows"][0]["status"] == "trained"
+    assert [json.loads(x)["step"] for x in (point / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert yaml.safe_load((point / "viral_config.yaml").read_text())["train"]["resume_from_checkpoint"] is None
 
 
 def test_a_bad_point_fails_before_any_training(tmp_path, shapes_dir):

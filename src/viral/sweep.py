@@ -139,8 +139,9 @@ def run_sweep(config_path: str | None, grids: list[str], out_dir: str | Path, ov
         status = "reused"
         if not is_trained(run_dir):
             last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
-            if last:  # a killed point continues from its last complete checkpoint
-                run_overrides.append(f"train.resume_from_checkpoint={last}")
+            # a killed point continues from its last complete checkpoint, and only from its own: a base config
+            # saved by a resumed run names that run's checkpoint, which would make every point a copy of it
+            run_overrides.append(f"train.resume_from_checkpoint={last or 'null'}")
             print(f"[sweep] {'resuming' if last else 'training'} {point_name(point)}", flush=True)
             _train(config_path, run_overrides, launcher)
             status = "resumed" if last else "trained"

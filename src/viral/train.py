@@ -507,6 +507,9 @@ def train(config: ExperimentConfig, callbacks: list[TrainerCallback] | None = No
     sigterm = SigtermCheckpoint()
     trainer.add_callback(sigterm)
     resume = config.train.resume_from_checkpoint
+    if resume and Path(resume).resolve().parent != Path(config.output_dir).resolve():
+        logger.warning("resuming from %s, a checkpoint of another folder than %s: this run continues that one",
+                       resume, config.output_dir)
     try:
         if resume and 0 < config.train.max_steps <= checkpoint_step(resume):
             # the run had finished its steps; the Trainer would take one more past max_steps (at lr 0) and save it
