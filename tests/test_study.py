@@ -214,7 +214,8 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
     from viral.report import write_html_report
 
     html = write_html_report(out).read_text()
-    assert all(f'id="{section}"' in html for section in ("study-table", "losses", "curves", "question-table"))
+    assert all(f'id="{section}"' in html for section in ("study-table", "axis-table", "losses", "curves",
+                                                         "question-table"))
     questions = sum(len((Path(written["runs"][s]["baseline"]["dir"]) / "eval" / "predictions.jsonl").read_text()
                         .splitlines()) for s in ("0", "1"))
     assert html.count('<tr data-seed="') == questions and 'data-image="i0"' in html
