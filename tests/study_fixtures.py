@@ -19,6 +19,12 @@ PROBES = {
 }
 
 
+# relation per axis of the image: VIRAL 5 points up on left/right
+AXIS_CHANCE = {"relation_horizontal": 51.2, "relation_vertical": 50.8}
+AXES = {"baseline": {"relation_horizontal": 50.0, "relation_vertical": 50.5},
+        "viral": {"relation_horizontal": 55.0, "relation_vertical": 50.5}}
+
+
 def fake_scores(seed: int, arm: str) -> dict[str, float]:
     """Count learnt (VIRAL 2 points up), colour learnt, relation and existence at chance."""
     scores = {"count": 84.0 + seed + (2.0 if arm == "viral" else 0.0), "relation": 50.0 + 0.1 * seed,
@@ -30,7 +36,8 @@ def fake_scores(seed: int, arm: str) -> dict[str, float]:
 def fake_summary(out: Path, seeds=(0, 1, 2)) -> dict:
     settings = StudySettings(seeds=list(seeds))
     runs = {str(seed): {arm: {"dir": str(out / f"seed-{seed}" / arm), "scores": fake_scores(seed, arm),
-                              "train_seconds": 600.0} for arm in ("baseline", "viral")} for seed in seeds}
+                              "axes": AXES[arm], "train_seconds": 600.0} for arm in ("baseline", "viral")}
+            for seed in seeds}
     scores = {arm: {seed: runs[str(seed)][arm]["scores"] for seed in seeds} for arm in ("baseline", "viral")}
     summary = {
         "command": "viral study --seeds 3", "settings": asdict(settings), "data": str(out / "shapes"),
@@ -38,10 +45,10 @@ def fake_summary(out: Path, seeds=(0, 1, 2)) -> dict:
                      "diagnostics": {"constant_target_cosine": 0.869, "student_linear_map_cosine": 0.935},
                      "seconds": {"total": 300.0}, "student_eval": {"label_accuracy": 92.2},
                      "teacher_eval": {"patch_shape_accuracy": 98.5}},
-        "chance": dict(CHANCE), "runs": runs,
+        "chance": {**CHANCE, **AXIS_CHANCE}, "runs": runs,
         "statistics": summarise(scores, ["accuracy", *WORLD_TYPES]),
         "mcnemar_per_seed": {str(seed): {name: {"p_value": 0.04, "questions": 1000}
-                                         for name in ("accuracy", *WORLD_TYPES)} for seed in seeds},
+                                         for name in ("accuracy", *WORLD_TYPES, *AXIS_CHANCE)} for seed in seeds},
         "seconds": {"total": 3600.0, "stages": {"world": 60.0, "stages 0-2 and ShapesBench": 3540.0},
                     "jobs": {"teacher": {"start": 0.0, "end": 240.0}, "student": {"start": 0.0, "end": 200.0},
                              "language 0": {"start": 200.0, "end": 270.0}}},

@@ -12,7 +12,7 @@ from viral.study.scales import SCALES
 def test_demo_prints_one_seed_side_by_side_with_its_paths(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def fake_run_study(out, settings, encoders, data_dir=None, encoders_dir=None, command=None):
+    def fake_run_study(out, settings, encoders, data_dir=None, encoders_dir=None, command=None, reuse_from=None):
         calls.append(settings)
         summary = fake_summary(tmp_path, seeds=settings.seeds)
         summary["outputs"] = write_report(tmp_path, summary)
@@ -28,6 +28,8 @@ def test_demo_prints_one_seed_side_by_side_with_its_paths(tmp_path, monkeypatch,
     count = next(line.split() for line in lines if line.startswith("count "))
     assert count[:5] == ["count", "33.9", "87.00", "89.00", "+2.00"]
     assert "position" not in printed.split("teacher diagnostics")[0]
+    left_right = next(line for line in lines if line.startswith("relation: left / right "))
+    assert left_right.split()[-5:] == ["51.2", "50.00", "55.00", "+5.00", "0.04"]
     # every fake type has McNemar p = 0.04: count is 2 points ahead, the others equal
     assert "this seed (McNemar): VIRAL ahead on count (+2.0); no difference at p < 0.05 on relation" in printed
     assert "world 1.0" in printed  # each stage's wall time (minutes) and when each job ran
@@ -44,7 +46,7 @@ def test_the_demo_is_the_demo_scale_study_with_one_seed_and_flags_override_the_s
 
     seen = {}
 
-    def fake_run_study(out, settings, encoders, data_dir=None, encoders_dir=None, command=None):
+    def fake_run_study(out, settings, encoders, data_dir=None, encoders_dir=None, command=None, reuse_from=None):
         seen[out] = (settings, encoders)
         summary = fake_summary(tmp_path, seeds=settings.seeds)
         summary["outputs"] = write_report(tmp_path, summary)

@@ -16,7 +16,7 @@ import sys
 
 from viral.report import write_html_report
 from viral.study.pipeline import ARMS, QUESTION_TYPES, run_study
-from viral.study.report import format_p, format_table, premise_sentence, wall_times
+from viral.study.report import AXIS_NAMES, LABELS, format_p, format_table, premise_sentence, wall_times
 
 
 def demo_defaults() -> dict:
@@ -27,17 +27,19 @@ def demo_defaults() -> dict:
 
 
 def side_by_side(summary: dict) -> str:
-    """Baseline, VIRAL and the difference per question type for the demo's single seed."""
+    """Baseline, VIRAL and the difference per question type (then relation and position per axis of the image)
+    for the demo's single seed."""
     seed = str(summary["statistics"]["seeds"][0])
     runs = summary["runs"][seed]
     mcnemar = summary["mcnemar_per_seed"][seed]
+    scores = {arm: {**runs[arm]["scores"], **runs[arm].get("axes", {})} for arm in ARMS}
     rows = []
-    for name in ("accuracy", *QUESTION_TYPES):
-        if name not in runs["baseline"]["scores"]:
+    for name in ("accuracy", *QUESTION_TYPES, *AXIS_NAMES):
+        if name not in scores["baseline"] or name not in mcnemar:
             continue
-        b, v = runs["baseline"]["scores"][name], runs["viral"]["scores"][name]
+        b, v = scores["baseline"][name], scores["viral"][name]
         chance = summary["chance"].get(name)
-        rows.append(["all" if name == "accuracy" else name, "-" if chance is None else f"{chance:.1f}",
+        rows.append([LABELS.get(name, name), "-" if chance is None else f"{chance:.1f}",
                      f"{b:.2f}", f"{v:.2f}", f"{v - b:+.2f}", format_p(mcnemar[name]["p_value"])])
     return format_table(["type", "chance", "baseline", "VIRAL", "difference", "McNemar p"], rows)
 
