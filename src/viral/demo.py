@@ -1,6 +1,6 @@
 """The built-in demo: seed 0 of the ShapesWorld study (`viral.study`), baseline versus VIRAL, side by side.
 
-The demo is exactly `viral study --scale demo --seeds 1` (`viral.study.scales`: about a quarter of the full
+The demo is exactly `viral study --scale demo --seeds 1` (`viral.study.scales`: about a sixth of the full
 study's compute, to fit 10 minutes on 2 CPU cores), so its folder is that study's seed 0 and
 `viral study --scale demo --out runs/demo` adds the other seeds to it. World and stage-0 encoders are
 reused when present, so a second `make demo` only retrains what changed. Two processes of one thread work

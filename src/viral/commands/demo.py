@@ -10,7 +10,7 @@ from viral.commands.study import add_study_arguments, setup
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="one seed of the ShapesWorld study: baseline vs VIRAL side by side",
-        description="One seed of `viral study` at the demo's scale (--scale demo: about a quarter of the full "
+        description="One seed of `viral study` at the demo's scale (--scale demo: about a sixth of the full "
                     "study's compute, 10 minutes on 2 CPU cores). Generates ShapesWorld (reused when present), "
                     "trains the stage-0 encoders (reused), then for one seed pre-trains the projector and "
                     "fine-tunes twice from the same weights - baseline and VIRAL - scores both on ShapesBench "

@@ -11,8 +11,8 @@ beside the next stages), the LLM on the world's text alone (once for every seed;
 its scene as words, or removed with --language-corpus text), then per seed stage 1 (projector
 pre-training on captions) and stage 2 twice from the same weights and data order -
 baseline and VIRAL (teacher = the stage-0 teacher) - and ShapesBench on both. Writes OUT/study.json,
-OUT/study.md and OUT/study.png: per question type each arm's mean ± std over seeds and the paired
-tests of the difference. Finished runs are reused and interrupted ones resume; --reuse-from copies in an
+OUT/study.md and OUT/study.png: per question type (relation and position also per axis of the image)
+each arm's mean ± std over seeds and the paired tests of the difference. Finished runs are reused and interrupted ones resume; --reuse-from copies in an
 earlier study's finished runs whose configs match (e.g. its language stage and stage 1 for a longer stage 2).
 """
 
@@ -23,9 +23,9 @@ def add_study_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> 
 
     parser.add_argument("--out", default="runs/demo" if demo else "runs/study", help="output folder")
     parser.add_argument("--scale", choices=sorted(SCALES), default="demo" if demo else "full",
-                        help="the study's size (viral.study.scales): 'full', the study of record (about 62 "
-                             "core-minutes for one seed, 42 at --finetune-steps 300), or 'demo', about a quarter "
-                             "of it, what make demo runs "
+                        help="the study's size (viral.study.scales): 'full', the study of record (about 85 "
+                             "core-minutes for one seed; 62 at --finetune-steps 900, 42 at 300), or 'demo', about a "
+                             "sixth of it, what make demo runs "
                              f"(default {'demo' if demo else 'full'}); the flags below override it")
     parser.add_argument("--data", default=None, help="ShapesWorld folder to use or create (default OUT/shapes)")
     parser.add_argument("--encoders", default=None, help="stage-0 folder to use or create (default OUT/encoders)")

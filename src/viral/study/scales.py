@@ -15,8 +15,8 @@ from viral.study.encoders import EncoderSettings
 from viral.study.pipeline import StudySettings
 
 # `demo` fits `make demo` in 10 minutes on 2 CPU cores, install included: about 15 core-minutes against the
-# full study's 62 a seed (42 at 300 stage-2 steps). Half the images and 800 evaluation images; the LLM stages
-# at batch 16 (half the cost of a step) with 300 language steps, 150 stage-1 and 200 stage-2 steps; the
+# full study's 85 a seed (62 at 900 stage-2 steps, 42 at 300). Half the images and 800 evaluation images; the
+# LLM stages at batch 16 (half the cost of a step) with 300 language steps, 150 stage-1 and 200 stage-2 steps; the
 # encoders at batch 32, the student for 700 steps, the teacher for 1400 (at 700 steps of batch 64 its count
 # probe was 54.0 against the student's 49.8: the premise failed); probes of 250 steps fitted on 1000 images.
 SCALES: dict[str, dict[str, dict[str, Any]]] = {
