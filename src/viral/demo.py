@@ -14,9 +14,10 @@ from __future__ import annotations
 import shlex
 import sys
 
+from viral.evaluate.shapes import AXIS_GROUPS
 from viral.report import write_html_report
 from viral.study.pipeline import ARMS, QUESTION_TYPES, run_study
-from viral.study.report import AXIS_NAMES, LABELS, format_p, format_table, premise_sentence, wall_times
+from viral.study.report import LABELS, format_p, format_table, premise_sentence, wall_times
 
 
 def demo_defaults() -> dict:
@@ -34,7 +35,7 @@ def side_by_side(summary: dict) -> str:
     mcnemar = summary["mcnemar_per_seed"][seed]
     scores = {arm: {**runs[arm]["scores"], **runs[arm].get("axes", {})} for arm in ARMS}
     rows = []
-    for name in ("accuracy", *QUESTION_TYPES, *AXIS_NAMES):
+    for name in ("accuracy", *QUESTION_TYPES, *AXIS_GROUPS):
         if name not in scores["baseline"] or name not in mcnemar:
             continue
         b, v = scores["baseline"][name], scores["viral"][name]

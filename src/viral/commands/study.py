@@ -11,9 +11,10 @@ beside the next stages), the LLM on the world's text alone (once for every seed;
 its scene as words, or removed with --language-corpus text), then per seed stage 1 (projector
 pre-training on captions) and stage 2 twice from the same weights and data order -
 baseline and VIRAL (teacher = the stage-0 teacher) - and ShapesBench on both. Writes OUT/study.json,
-OUT/study.md and OUT/study.png: per question type (relation and position also per axis of the image)
-each arm's mean ± std over seeds and the paired tests of the difference. Finished runs are reused and interrupted ones resume; --reuse-from copies in an
-earlier study's finished runs whose configs match (e.g. its language stage and stage 1 for a longer stage 2).
+OUT/study.md and OUT/study.png: per question type (relation and position also per axis of the
+image) each arm's mean ± std over seeds and the paired tests of the difference. Finished runs are
+reused and interrupted ones resume; --reuse-from copies in an earlier study's finished runs whose
+configs match (e.g. its language stage and stage 1 for another stage-2 length).
 """
 
 
@@ -111,7 +112,7 @@ def run(args) -> int:
 
     from viral.report import write_html_report
     from viral.study.pipeline import run_study
-    from viral.study.report import AXIS_NAMES, MAIN_HEADER, comparison_rows, format_table
+    from viral.study.report import MAIN_HEADER, axis_rows, comparison_rows, format_table
 
     setup(args)
     settings, encoders = settings_from_args(args, list(range(args.first_seed, args.first_seed + args.seeds)),
@@ -121,7 +122,7 @@ def run(args) -> int:
                         reuse_from=args.reuse_from)
     print()
     print(format_table(MAIN_HEADER, comparison_rows(summary)))
-    by_axis = comparison_rows(summary, AXIS_NAMES, "statistics_by_axis")
+    by_axis = axis_rows(summary)
     if by_axis:
         print("\nrelation and position per axis of the image\n")
         print(format_table(MAIN_HEADER, by_axis))

@@ -17,7 +17,7 @@ from typing import Any
 from viral.report import figures
 from viral.report.inputs import ReportInputs, RunData, read_inputs
 from viral.study.pipeline import ARMS
-from viral.study.report import (ARM_LABELS, AXIS_NAMES, MAIN_HEADER, TYPES, comparison_rows, format_p,
+from viral.study.report import (ARM_LABELS, MAIN_HEADER, TYPES, axis_rows, comparison_rows, format_p,
                                 premise_sentence)
 
 REPORT_FILE = "report.html"
@@ -57,7 +57,7 @@ def _study_section(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "header": MAIN_HEADER,
         "rows": [{"type": name, "cells": cells} for name, cells in zip(types, comparison_rows(summary))],
-        "axis_rows": comparison_rows(summary, AXIS_NAMES, "statistics_by_axis"),
+        "axis_rows": axis_rows(summary),
         "types": [_type_label(t) for t in types],
         "per_seed": per_seed,
         "stuck": stuck,

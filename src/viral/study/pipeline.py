@@ -45,6 +45,7 @@ from transformers import TrainerCallback
 
 from viral.config import ConfigError, config_from_dict, load_config
 from viral.data.shapes import TEXT_CORPUS, write_text_corpus
+from viral.evaluate.base import percent
 from viral.evaluate.shapes import AXIS_GROUPS, axis_group
 from viral.parallel import Job, run_graph
 from viral.runs import METRICS_NAME, RUN_CONFIG_NAME
@@ -543,8 +544,7 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
     for seed in settings.seeds:
         questions = {arm: per_question(Path(runs[seed][arm]["dir"])) for arm in ARMS}
         for arm in ARMS:  # relation and position per axis, from the predictions (runs scored before they existed too)
-            runs[seed][arm]["axes"] = {name: round(100.0 * sum(questions[arm][name].values())
-                                                   / len(questions[arm][name]), 4)
+            runs[seed][arm]["axes"] = {name: percent(sum(questions[arm][name].values()), len(questions[arm][name]))
                                        for name in AXIS_GROUPS if name in questions[arm]}
         b, v = questions["baseline"], questions["viral"]
         within_seed[seed] = {name: mcnemar(b[name], v[name]) for name in (*types, *AXIS_GROUPS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ from viral.evaluate.shapes import AXIS_GROUPS
 
 ARM_LABELS = {"baseline": "baseline", "viral": "VIRAL"}
 TYPES = ["accuracy", "count", "relation", "existence", "colour", "position"]
-AXIS_NAMES = list(AXIS_GROUPS)  # position_horizontal, position_vertical, relation_horizontal, relation_vertical
 LABELS = {"accuracy": "all", "position_horizontal": "position: left / right", "position_vertical":
           "position: top / bottom", "relation_horizontal": "relation: left / right",
           "relation_vertical": "relation: above / below"}
@@ -42,9 +42,9 @@ def wall_times(summary: dict[str, Any]) -> str:
     return text
 
 
-def comparison_rows(summary: dict[str, Any], names: list[str] = TYPES, statistics: str = "statistics") -> list[list[str]]:
-    """Rows of the main table (or, with `AXIS_NAMES` and "statistics_by_axis", of relation and position per
-    axis): type, chance, each arm's mean ± std, difference, tests."""
+def comparison_rows(summary: dict[str, Any], names: Sequence[str] = TYPES,
+                    statistics: str = "statistics") -> list[list[str]]:
+    """Rows of the main table (or of `axis_rows`): type, chance, each arm's mean ± std, difference, tests."""
     rows = []
     for name in names:
         entry = summary.get(statistics, {}).get("types", {}).get(name)
@@ -60,6 +60,11 @@ def comparison_rows(summary: dict[str, Any], names: list[str] = TYPES, statistic
                      format_p(paired["paired_t"]["p_value"]),
                      f"{sign['positive']}+/{sign['negative']}- p={format_p(sign['p_value'])}"])
     return rows
+
+
+def axis_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """Rows of relation and position per axis of the image, as `comparison_rows` (none for older studies)."""
+    return comparison_rows(summary, AXIS_GROUPS, "statistics_by_axis")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -133,9 +138,10 @@ def write_markdown(out: Path, summary: dict[str, Any]) -> Path:
         "t-test over seeds; exact sign test).",
         "",
     ]
-    if comparison_rows(summary, AXIS_NAMES, "statistics_by_axis"):
+    by_axis = axis_rows(summary)
+    if by_axis:
         lines += ["Relation and position per axis of the image (from each run's `eval/predictions.jsonl`):", "",
-                  markdown_table(MAIN_HEADER, comparison_rows(summary, AXIS_NAMES, "statistics_by_axis")), ""]
+                  markdown_table(MAIN_HEADER, by_axis), ""]
     learnable = summary.get("above_chance", {})
     if learnable and not learnable.get("all", True):
         failing = [f"{ARM_LABELS[arm]}: {name}" for arm in ARM_LABELS for name, ok in learnable.get(arm, {}).items()
