@@ -234,8 +234,12 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
 
     # a second call reuses every finished run (nothing retrained)
     stamp = (out / "seed-0" / "viral" / "model.safetensors").stat().st_mtime_ns
-    run_study(out, settings, EncoderSettings(**TINY_ENCODERS), data_dir=data, encoders_dir=encoders)
+    first_seconds = json.loads((out / "study.json").read_text())["seconds"]
+    again = run_study(out, settings, EncoderSettings(**TINY_ENCODERS), data_dir=data, encoders_dir=encoders)
     assert (out / "seed-0" / "viral" / "model.safetensors").stat().st_mtime_ns == stamp
+    # ... and keeps how long the call that trained them took
+    assert again["seconds"]["earlier"] == [{"total": first_seconds["total"], "stages": first_seconds["stages"]}]
+    assert f"earlier calls on this folder: {first_seconds['total'] / 60:.1f} min" in (out / "study.md").read_text()
 
     # a study with a longer stage 2 copies in the first one's language stage and stage 1 (--reuse-from) and
     # trains only the arms, whose configs differ in train.max_steps

@@ -568,11 +568,23 @@ def run_study(out: str | Path, settings: StudySettings | None = None, encoder_se
                     "jobs": {name: {"start": begin, "end": end} for name, (_, begin, end) in done.items()},
                     "cpu_main_process": round(time.process_time() - cpu, 1)},
     }
+    summary["seconds"]["earlier"] = earlier_seconds(out / "study.json")
     summary["above_chance"] = above_chance(summary)
     (out / "study.json").write_text(json.dumps(summary, indent=2))
     summary["outputs"] = write_report(out, summary)
     (out / "study.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def earlier_seconds(study_file: Path) -> list[dict[str, Any]]:
+    """The wall times of the earlier calls that wrote `study_file` (oldest first), so that re-running a finished
+    study to refresh its tables (which takes seconds) keeps how long the call that trained it took."""
+    if not study_file.is_file():
+        return []
+    seconds = json.loads(study_file.read_text()).get("seconds", {})
+    if "total" not in seconds:
+        return []
+    return [*seconds.get("earlier", []), {"total": seconds["total"], "stages": seconds.get("stages", {})}]
 
 
 def above_chance(summary: dict[str, Any], margin: float = 10.0) -> dict[str, Any]:

@@ -31,7 +31,8 @@ def format_p(value: float | None) -> str:
 
 def wall_times(summary: dict[str, Any]) -> str:
     """'wall time 8.1 min (world 0.3, ...); start-end: student 0.0-2.7, ...' in minutes: each stage's wall time,
-    then when each job of the study's graph ran (jobs overlap: they run side by side)."""
+    then when each job of the study's graph ran (jobs overlap: they run side by side), then the wall times of
+    the earlier calls on the same folder (a call that reuses finished runs takes seconds)."""
     seconds = summary["seconds"]
     text = f"wall time {seconds['total'] / 60:.1f} min"
     if seconds.get("stages"):
@@ -39,6 +40,9 @@ def wall_times(summary: dict[str, Any]) -> str:
     if seconds.get("jobs"):
         text += "; start-end: " + ", ".join(f"{name} {span['start'] / 60:.1f}-{span['end'] / 60:.1f}"
                                              for name, span in seconds["jobs"].items())
+    if seconds.get("earlier"):
+        text += "; earlier calls on this folder: " + ", ".join(f"{call['total'] / 60:.1f} min"
+                                                                for call in seconds["earlier"])
     return text
 
 
