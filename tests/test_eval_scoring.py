@@ -243,5 +243,8 @@ def test_shapesbench_reads_what_viral_shapes_generate_writes(tmp_path):
     from viral.evaluate.shapes import axis_group
 
     axes = {axis_group(row["type"], row["answer"]) for row in rows} - {None}
+    # the answer counts as ShapesBench normalises it; other types have no axis
+    assert axis_group("position", "Left.") == "position_horizontal" == axis_group("position", "right")
+    assert axis_group("relation", "Above") == "relation_vertical" and axis_group("count", "left") is None
     assert {k for k in summary["metrics"] if not k.startswith("existence_")} == \
         {"accuracy"} | {row["type"] for row in rows} | axes

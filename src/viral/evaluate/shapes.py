@@ -44,8 +44,9 @@ AXIS_GROUPS = tuple(f"{name}_{axis}" for name in AXIS_TYPES for axis in ("horizo
 
 
 def axis_group(question_type: str, answer: str) -> str | None:
-    """'position_horizontal' for a position question answered 'left' or 'right', ...; None off those types."""
-    axis = AXES.get(answer)
+    """'position_horizontal' for a position question answered 'left' or 'right' (the answer as ShapesBench
+    normalises it: "Left." counts too), ...; None off those types."""
+    axis = AXES.get(normalise_short_answer(answer) or "")
     return f"{question_type}_{axis}" if question_type in AXIS_TYPES and axis else None
 
 

@@ -457,7 +457,7 @@ def chance_levels(data_dir: Path) -> dict[str, float]:
         if line.strip():
             row = json.loads(line)
             form_name = question_form(row["question"], vocabulary)
-            for group in (row["type"], axis_group(row["type"], row["answer"].lower())):
+            for group in (row["type"], axis_group(row["type"], row["answer"])):
                 if group is not None:
                     form = answers.setdefault(group, {}).setdefault(form_name, {})
                     form[row["answer"]] = form.get(row["answer"], 0) + 1
