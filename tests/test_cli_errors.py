@@ -87,6 +87,10 @@ def test_command_argument_mistakes_use_the_same_one_line_form(tmp_path, capsys, 
                  "--types", "no-such-type"]) == 2
     [line] = error_lines(capsys.readouterr().err)
     assert line.startswith("viral: error: shapes generate: ") and "no-such-type" in line
+    assert main(["shapes", "generate", "--out", str(tmp_path), "--train", "1", "--eval", "0",
+                 "--type-weights", "count=1,relation=lots"]) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert line.startswith("viral: error: shapes generate: ") and "'relation=lots'" in line
     assert main(["shapes", "encoders", "--data", str(tmp_path), "--out", str(tmp_path / "enc"),
                  "--probe-tasks", "count,shape"]) == 2
     [line] = error_lines(capsys.readouterr().err)

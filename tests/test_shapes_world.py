@@ -76,8 +76,10 @@ def test_unknown_types_or_weights_name_the_known_ones(tmp_path):
         generate(tmp_path / "w", n_train=2, n_eval=2, size=32, progress=False, types=["count", "where"])
 
 
-def test_relation_answers_the_offered_direction(tmp_path):
-    folder = generate(tmp_path / "w", seed=2, n_train=2, n_eval=80, size=64, progress=False, max_objects=4)
+@pytest.mark.parametrize("pairs", ["apart", "across"])
+def test_relation_answers_the_offered_direction(tmp_path, pairs):
+    folder = generate(tmp_path / "w", seed=2, n_train=2, n_eval=80, size=64, progress=False, max_objects=4,
+                      relation_pairs=pairs)
     _, bench = _records(folder)
     checked = 0
     for row in bench:
@@ -90,12 +92,30 @@ def test_relation_answers_the_offered_direction(tmp_path):
         (a,), (b,) = a, b
         options = (words[4], words[6])
         assert row["answer"] in options
-        if options == ("left", "right"):
+        horizontal = options == ("left", "right")
+        if horizontal:
             assert row["answer"] == ("left" if a.cx < b.cx else "right")
         else:
             assert row["answer"] == ("above" if a.cy < b.cy else "below")
+        ca, cb = (a.cx, b.cx) if horizontal else (a.cy, b.cy)
+        assert abs(ca - cb) > a.half + b.half  # never overlapping along the asked axis
+        if pairs == "across":  # and across the midline: each object wholly in its own half
+            first, second = (a, b) if ca < cb else (b, a)
+            assert min(ca, cb) + first.half < 32 < max(ca, cb) - second.half
         checked += 1
     assert checked > 10
+
+
+def test_across_pairs_keep_the_images_and_only_drop_relations_that_the_midline_does_not_split(tmp_path):
+    apart, across = (_records(generate(tmp_path / pairs, seed=2, n_train=2, n_eval=120, size=64, progress=False,
+                                       max_objects=4, relation_pairs=pairs))[1] for pairs in ("apart", "across"))
+    relations = [{r["question_id"] for r in bench if r["type"] == "relation"} for bench in (apart, across)]
+    assert relations[1] < relations[0]  # fewer images have a pair split by the midline
+    image = "images/eval_000007.png"
+    assert (tmp_path / "apart" / image).read_bytes() == (tmp_path / "across" / image).read_bytes()
+    assert json.loads((tmp_path / "across/meta.json").read_text())["relation_pairs"] == "across"
+    with pytest.raises(ValueError, match="apart"):
+        generate(tmp_path / "w", n_train=2, n_eval=2, size=32, progress=False, relation_pairs="near")
 
 
 def test_chance_is_the_best_answer_per_question_form(tmp_path):

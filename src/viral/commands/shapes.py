@@ -22,6 +22,13 @@ def register(subparsers) -> None:
     gen.add_argument("--types", default=None,
                      help="comma-separated question types the world asks, in training and in ShapesBench "
                           "(default: count,relation,existence,colour; position is opt-in)")
+    gen.add_argument("--type-weights", default=None, metavar="TYPE=W,...",
+                     help="how often each type is drawn for a training turn, e.g. relation=2,count=1 (types "
+                          "left out get 0; default: uniform); ShapesBench asks every type that applies")
+    gen.add_argument("--relation-pairs", default="apart", choices=["apart", "across"],
+                     help="which objects a relation question compares: apart, any two that do not overlap along "
+                          "the asked axis (default); across, two on either side of the image's midline, so the "
+                          "relation is either object's half of the image")
     gen.add_argument("--jobs", type=int, default=1, help="processes drawing the scenes (same files for any N)")
     gen.set_defaults(func=run_generate)
 
@@ -83,12 +90,26 @@ def run_generate(args) -> int:
     types = [t.strip() for t in args.types.split(",") if t.strip()] if args.types else None
     max_objects = MAX_OBJECTS if args.max_objects is None else args.max_objects
     try:
+        weights = None if args.type_weights is None else parse_weights(args.type_weights)
         out = generate(args.out, seed=args.seed, n_train=args.train, n_eval=args.eval, size=args.size,
-                       turns=args.turns, max_objects=max_objects, types=types, jobs=args.jobs)
+                       turns=args.turns, max_objects=max_objects, types=types, jobs=args.jobs,
+                       type_weights=weights, relation_pairs=args.relation_pairs)
     except ValueError as error:
         raise UserError(f"shapes generate: {error}") from error
     print(f"ShapesWorld written to {out}")
     return 0
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """`--type-weights` "relation=2,count=1" as {"relation": 2.0, "count": 1.0}; ValueError names a bad entry."""
+    weights = {}
+    for entry in (part.strip() for part in text.split(",") if part.strip()):
+        name, _, value = entry.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--type-weights entry {entry!r}: give TYPE=NUMBER") from None
+    return weights
 
 
 def parse_names(text: str, option: str, choices) -> list[str]:

@@ -23,9 +23,10 @@ colours on varied backgrounds (flat colours, gradients, noise), and writes:
 
 Every image is drawn from its own random stream `(seed, split, index)`, so any subset regenerates
 identically. Question types: count ("How many objects are there?"), relation ("Is the red object left or
-right of the blue object?" -> "left"; also "above or below"), existence ("Is there a circle?", as POPE), colour
-("What colour is the triangle?"), position ("Is the red object in the left or the right half?" -> "left";
-also "top or bottom").
+right of the blue object?" -> "left"; also "above or below"; about two objects that do not overlap along the
+asked axis, or with `relation_pairs="across"` only two on either side of the image's midline), existence
+("Is there a circle?", as POPE), colour ("What colour is the triangle?"), position ("Is the red object in
+the left or the right half?" -> "left"; also "top or bottom").
 """
 
 from __future__ import annotations
@@ -143,7 +144,21 @@ def _count_question(rng, objects, size=None):
     return "How many objects are there?", str(len(objects))
 
 
-def _relation_question(rng, objects, size=None):
+RELATION_PAIRS = ["apart", "across"]  # which pairs of objects a relation question may ask about
+
+
+def _apart(a: ShapeObject, b: ShapeObject, ca: float, cb: float, size: int, pairs: str) -> bool:
+    """Whether the relation between `a` and `b` along one axis (centres `ca`, `cb`) is clear: "apart", the
+    two objects do not overlap along it; "across", the image's midline runs between them, so each lies
+    wholly in its own half and the relation is the position of either object against the frame."""
+    if pairs == "apart":
+        return abs(ca - cb) > a.half + b.half
+    first, second = (a, b) if ca < cb else (b, a)
+    low, high = min(ca, cb), max(ca, cb)
+    return low + first.half < size / 2 < high - second.half
+
+
+def _relation_question(rng, objects, size=None, pairs_kind="apart"):
     # objects are named by colour and the answer is the direction itself ("left", "above"), offered as
     # two options: with "Is the red circle left of the blue square? yes/no" relation stayed at chance
     # for the study's tiny models, which had to bind shape to colour, compare positions and then match
@@ -155,9 +170,9 @@ def _relation_question(rng, objects, size=None):
         for b in unique:
             if a is b:
                 continue
-            if abs(a.cx - b.cx) > a.half + b.half:
+            if _apart(a, b, a.cx, b.cx, size, pairs_kind):
                 pairs.append((a, b, "left or right of", "left" if a.cx < b.cx else "right"))
-            if abs(a.cy - b.cy) > a.half + b.half:
+            if _apart(a, b, a.cy, b.cy, size, pairs_kind):
                 pairs.append((a, b, "above or below", "above" if a.cy < b.cy else "below"))
     if not pairs:
         return None
@@ -230,8 +245,9 @@ def draw_scene(seed: int, split: str, index: int, size: int, max_objects: int = 
     return rng, objects, image, labels
 
 
-def _question(rng, objects, qtype, size):
-    made = QUESTION_MAKERS[qtype](rng, objects, size)
+def _question(rng, objects, qtype, size, relation_pairs="apart"):
+    options = {"pairs_kind": relation_pairs} if qtype == "relation" else {}
+    made = QUESTION_MAKERS[qtype](rng, objects, size, **options)
     if made is None:
         return None
     question, answer = made
@@ -239,8 +255,8 @@ def _question(rng, objects, qtype, size):
 
 
 def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, max_objects: int, turns: int,
-                   types: list[str], weights: np.ndarray | None, progress: bool = False,
-                   threads: int | None = None) -> tuple[dict[str, list[dict]], list[str], np.ndarray, np.ndarray]:
+                   types: list[str], weights: np.ndarray | None, relation_pairs: str = "apart",
+                   progress: bool = False, threads: int | None = None) -> tuple[dict[str, list[dict]], list[str], np.ndarray, np.ndarray]:
     """Draw and save the scenes `indices` of `split`: their records in order, per output file, and their
     file names, images `[n, S, S, 3]` and label maps `[n, S, S, 2]` (what decoding the PNGs gives).
 
@@ -268,7 +284,7 @@ def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, 
                         qtype = types[int(rng.integers(len(types)))]
                     else:
                         qtype = types[int(rng.choice(len(types), p=weights))]
-                    question, answer = (_question(rng, objects, qtype, size)
+                    question, answer = (_question(rng, objects, qtype, size, relation_pairs)
                                         or _question(rng, objects, "existence", size))
                     if question not in asked:
                         break
@@ -283,7 +299,7 @@ def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, 
             ]})
         else:
             for qtype in types:
-                made = _question(rng, objects, qtype, size)
+                made = _question(rng, objects, qtype, size, relation_pairs)
                 if made is None:
                     continue
                 question, answer = made
@@ -417,18 +433,23 @@ def write_text_corpus(out: str | Path, records: list[dict] | None = None, scenes
 
 def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: int = 200, size: int = 64,
              turns: int = 3, progress: bool = True, max_objects: int = MAX_OBJECTS,
-             type_weights: dict[str, float] | None = None, types: list[str] | None = None, jobs: int = 1) -> Path:
+             type_weights: dict[str, float] | None = None, types: list[str] | None = None, jobs: int = 1,
+             relation_pairs: str = "apart") -> Path:
     """Write a ShapesWorld dataset (see the module docstring) and return its folder.
 
     `max_objects`: each image holds 1..max_objects objects. `types`: the question types the world asks, in
     training and in the benchmark (default `DEFAULT_TYPES`; `position` is opt-in). `type_weights`: how often
     each of them is drawn for a training turn (default uniform); the benchmark asks every one that applies.
+    `relation_pairs`: which pairs a relation question asks about (`RELATION_PAIRS`): "apart", any two objects
+    that do not overlap along the asked axis; "across", two objects on either side of the image's midline.
     `jobs` > 1 draws the scenes in that many processes; the files written are the same.
     """
     from viral.parallel import run_parallel
 
     if max_objects < 1:
         raise ValueError(f"max_objects {max_objects}: each image holds at least one object")
+    if relation_pairs not in RELATION_PAIRS:
+        raise ValueError(f"relation_pairs {relation_pairs!r}: give one of {RELATION_PAIRS}")
     types = list(DEFAULT_TYPES if types is None else types)
     if not types or set(types) - set(QUESTION_TYPES) or len(set(types)) != len(types):
         raise ValueError(f"types {types}: give distinct question types among {QUESTION_TYPES}")
@@ -446,7 +467,8 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     for split, count in (("train", n_train), ("eval", n_eval)):
         step = -(-count // max(jobs, 1)) or 1  # ceil(count / jobs): one chunk per process
         chunks = [range(start, min(count, start + step)) for start in range(0, count, step)] or [range(0)]
-        calls = [(out, seed, split, chunk, size, max_objects, turns, types, weights, progress and jobs <= 1)
+        calls = [(out, seed, split, chunk, size, max_objects, turns, types, weights, relation_pairs,
+                  progress and jobs <= 1)
                  for chunk in chunks]
         names, image_parts, label_parts = [], [], []
         for part, part_names, part_images, part_labels in run_parallel(_scene_records, calls, jobs):
@@ -464,6 +486,6 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     (out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in written["eval.jsonl"]))
     meta = {"seed": seed, "n_train": n_train, "n_eval": n_eval, "size": size, "turns": turns,
             "max_objects": max_objects, "type_weights": type_weights, "shapes": SHAPES,
-            "colours": list(COLOURS), "question_types": types}
+            "colours": list(COLOURS), "question_types": types, "relation_pairs": relation_pairs}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return out
