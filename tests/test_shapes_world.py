@@ -237,3 +237,20 @@ def test_text_records_remove_or_replace_the_image_and_keep_the_asked_types():
     assert narrowed["conversations"][0]["value"] == "blank redsquare blank bluecircle\nWhat colour is the square? " \
                                                     "Answer with one word."
     assert "blank" not in narrowed["conversations"][2]["value"]
+
+
+def test_the_study_reuses_a_world_only_with_its_relation_pairs(tmp_path):
+    from viral.config import ConfigError
+    from viral.study.pipeline import StudySettings, ensure_world
+
+    settings = StudySettings(n_train=3, n_eval=6, image_size=32, turns=2, relation_pairs="across")
+    folder = ensure_world(tmp_path / "w", settings)
+    assert json.loads((folder / "meta.json").read_text())["relation_pairs"] == "across"
+    with pytest.raises(ConfigError, match="relation_pairs.*'across', 'apart'"):
+        ensure_world(folder, StudySettings(n_train=3, n_eval=6, image_size=32, turns=2))
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["relation_pairs"]  # a world written before the option: its relations were "apart"
+    (folder / "meta.json").write_text(json.dumps(meta))
+    assert ensure_world(folder, StudySettings(n_train=3, n_eval=6, image_size=32, turns=2)) == folder
+    with pytest.raises(ConfigError, match="type_weights"):
+        ensure_world(tmp_path / "new", StudySettings(n_train=3, n_eval=6, image_size=32, type_weights={"where": 1}))

@@ -50,6 +50,13 @@ def add_study_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> 
     parser.add_argument("--question-types", nargs="+", default=None, metavar="TYPE",
                         help="question types of a new world (default: all five, count relation existence "
                              "colour position)")
+    parser.add_argument("--type-weights", default=None, metavar="TYPE=W,...",
+                        help="how often each type is drawn for a new world's training turn, e.g. relation=2,"
+                             "count=1,existence=1,colour=1,position=1 (default: uniform)")
+    parser.add_argument("--relation-pairs", choices=["apart", "across"], default=None,
+                        help="which objects a new world's relation questions compare: 'apart' (default), any two "
+                             "that do not overlap along the asked axis; 'across', two on either side of the "
+                             "image's midline")
     parser.add_argument("--eval-limit", type=int, default=None, help="score only the first N questions")
     parser.add_argument("--encoder-steps", type=int, default=None, help="stage-0 steps of each encoder")
     parser.add_argument("--probe-steps", type=int, default=None, help="stage-0 steps of each probe")
@@ -79,9 +86,18 @@ def settings_from_args(args, seeds: list[int], defaults: dict | None = None):
     for flag, name in (("language_steps", "language_steps"), ("language_corpus", "language_corpus"),
                        ("pretrain_steps", "pretrain_steps"), ("finetune_steps", "finetune_steps"),
                        ("train_images", "n_train"), ("eval_images", "n_eval"), ("eval_limit", "eval_limit"),
-                       ("jobs", "jobs"), ("question_types", "question_types")):
+                       ("jobs", "jobs"), ("question_types", "question_types"),
+                       ("relation_pairs", "relation_pairs")):
         if getattr(args, flag) is not None:
             setattr(settings, name, getattr(args, flag))
+    if args.type_weights is not None:
+        from viral.commands.shapes import parse_weights
+        from viral.errors import UserError
+
+        try:
+            settings.type_weights = parse_weights(args.type_weights)
+        except ValueError as error:
+            raise UserError(f"study: {error}") from error
     if args.encoder_steps is not None:
         encoders.student_steps = encoders.teacher_steps = args.encoder_steps
     if args.probe_steps is not None:

@@ -80,6 +80,7 @@ class StudySettings:
     # every type ShapesWorld asks (None: its DEFAULT_TYPES, without position)
     question_types: list[str] | None = field(default_factory=lambda: list(QUESTION_TYPES))
     type_weights: dict[str, float] | None = None  # how often each type is drawn for a training turn (uniform)
+    relation_pairs: str = "apart"  # which objects a relation question compares (viral.data.shapes.RELATION_PAIRS)
     # stage-0 steps of the LLM on the world's text (0: the LLM starts random at stage 1); its loss on the scene
     # text levels off from about step 600
     language_steps: int = 1000
@@ -111,9 +112,9 @@ def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
     meta_file = data_dir / "meta.json"
     wanted = {"seed": settings.world_seed, "n_train": settings.n_train, "n_eval": settings.n_eval,
               "size": settings.image_size, "turns": settings.turns, "max_objects": settings.max_objects,
-              "type_weights": settings.type_weights, "question_types": types}
+              "type_weights": settings.type_weights, "question_types": types, "relation_pairs": settings.relation_pairs}
     if meta_file.is_file() and (data_dir / "eval.jsonl").is_file():
-        meta = json.loads(meta_file.read_text())
+        meta = {"relation_pairs": "apart", **json.loads(meta_file.read_text())}  # worlds from before the option
         differs = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
         if differs:
             raise ConfigError(f"{data_dir} holds a ShapesWorld with different settings (found, wanted): {differs}; "
@@ -122,9 +123,13 @@ def ensure_world(data_dir: Path, settings: StudySettings) -> Path:
             write_text_corpus(data_dir)
         return data_dir
     logger.info("generating ShapesWorld in %s", data_dir)
-    generate(data_dir, seed=settings.world_seed, n_train=settings.n_train, n_eval=settings.n_eval,
-             size=settings.image_size, turns=settings.turns, max_objects=settings.max_objects,
-             type_weights=settings.type_weights, types=types, progress=False, jobs=settings.jobs)
+    try:
+        generate(data_dir, seed=settings.world_seed, n_train=settings.n_train, n_eval=settings.n_eval,
+                 size=settings.image_size, turns=settings.turns, max_objects=settings.max_objects,
+                 type_weights=settings.type_weights, types=types, progress=False, jobs=settings.jobs,
+                 relation_pairs=settings.relation_pairs)
+    except ValueError as error:  # the world's settings (types, weights, relation pairs) as the user gave them
+        raise ConfigError(f"ShapesWorld in {data_dir}: {error}") from error
     return data_dir
 
 
