@@ -254,3 +254,19 @@ def test_the_study_reuses_a_world_only_with_its_relation_pairs(tmp_path):
     assert ensure_world(folder, StudySettings(n_train=3, n_eval=6, image_size=32, turns=2)) == folder
     with pytest.raises(ConfigError, match="type_weights"):
         ensure_world(tmp_path / "new", StudySettings(n_train=3, n_eval=6, image_size=32, type_weights={"where": 1}))
+
+
+def test_without_the_fallback_a_one_type_world_asks_only_that_type(tmp_path):
+    from viral.data.shapes import question_type, without_image
+
+    kept, with_fallback = (json.loads((generate(tmp_path / name, seed=4, n_train=60, n_eval=4, size=64, turns=2,
+                                                progress=False, max_objects=3, types=["relation"],
+                                                relation_pairs="across", fallback=fallback) / "train.json").read_text())
+                           for name, fallback in (("kept", False), ("all", True)))
+    assert len(with_fallback) == 60 and 0 < len(kept) < 60  # images with no pair across the midline are dropped
+    for record in kept:
+        turns = record["conversations"]
+        assert turns[0]["value"].startswith("<image>\n") and all("<image>" not in t["value"] for t in turns[1:])
+        assert {question_type(without_image(t["value"])) for t in turns[0::2]} == {"relation"}
+    fallback_types = {question_type(without_image(t["value"])) for r in with_fallback for t in r["conversations"][0::2]}
+    assert fallback_types == {"relation", "existence"}

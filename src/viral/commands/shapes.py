@@ -29,6 +29,9 @@ def register(subparsers) -> None:
                      help="which objects a relation question compares: apart, any two that do not overlap along "
                           "the asked axis (default); across, two on either side of the image's midline, so the "
                           "relation is either object's half of the image")
+    gen.add_argument("--no-fallback", action="store_true",
+                     help="drop a training turn whose drawn type does not apply to its image (and images left "
+                          "with none) instead of asking existence there, e.g. a world of relation questions alone")
     gen.add_argument("--jobs", type=int, default=1, help="processes drawing the scenes (same files for any N)")
     gen.set_defaults(func=run_generate)
 
@@ -93,7 +96,7 @@ def run_generate(args) -> int:
         weights = None if args.type_weights is None else parse_weights(args.type_weights)
         out = generate(args.out, seed=args.seed, n_train=args.train, n_eval=args.eval, size=args.size,
                        turns=args.turns, max_objects=max_objects, types=types, jobs=args.jobs,
-                       type_weights=weights, relation_pairs=args.relation_pairs)
+                       type_weights=weights, relation_pairs=args.relation_pairs, fallback=not args.no_fallback)
     except ValueError as error:
         raise UserError(f"shapes generate: {error}") from error
     print(f"ShapesWorld written to {out}")

@@ -256,7 +256,8 @@ def _question(rng, objects, qtype, size, relation_pairs="apart"):
 
 def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, max_objects: int, turns: int,
                    types: list[str], weights: np.ndarray | None, relation_pairs: str = "apart",
-                   progress: bool = False, threads: int | None = None) -> tuple[dict[str, list[dict]], list[str], np.ndarray, np.ndarray]:
+                   fallback: bool = True, progress: bool = False, threads: int | None = None
+                   ) -> tuple[dict[str, list[dict]], list[str], np.ndarray, np.ndarray]:
     """Draw and save the scenes `indices` of `split`: their records in order, per output file, and their
     file names, images `[n, S, S, 3]` and label maps `[n, S, S, 2]` (what decoding the PNGs gives).
 
@@ -278,21 +279,26 @@ def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, 
         rel = f"images/{name}"
         if split == "train":
             conversation, asked = [], set()
-            for turn in range(turns):
+            for _turn in range(turns):
+                made = None
                 for _ in range(8):  # a question already asked about this image could be answered from the chat
                     if weights is None:
                         qtype = types[int(rng.integers(len(types)))]
                     else:
                         qtype = types[int(rng.choice(len(types), p=weights))]
-                    question, answer = (_question(rng, objects, qtype, size, relation_pairs)
-                                        or _question(rng, objects, "existence", size))
-                    if question not in asked:
+                    made = (_question(rng, objects, qtype, size, relation_pairs)
+                            or (_question(rng, objects, "existence", size) if fallback else None))
+                    if made is not None and made[0] not in asked:
                         break
+                if made is None:  # without the fallback: no type drawn could be asked about this image
+                    continue
+                question, answer = made
                 asked.add(question)
-                if turn == 0:
+                if not conversation:
                     question = "<image>\n" + question
                 conversation += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-            records["train.json"].append({"id": f"train-{i}", "image": rel, "conversations": conversation})
+            if conversation:
+                records["train.json"].append({"id": f"train-{i}", "image": rel, "conversations": conversation})
             records["captions.json"].append({"id": f"caption-{i}", "image": rel, "conversations": [
                 {"from": "human", "value": "<image>\nDescribe the image."},
                 {"from": "gpt", "value": caption(objects)},
@@ -434,7 +440,7 @@ def write_text_corpus(out: str | Path, records: list[dict] | None = None, scenes
 def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: int = 200, size: int = 64,
              turns: int = 3, progress: bool = True, max_objects: int = MAX_OBJECTS,
              type_weights: dict[str, float] | None = None, types: list[str] | None = None, jobs: int = 1,
-             relation_pairs: str = "apart") -> Path:
+             relation_pairs: str = "apart", fallback: bool = True) -> Path:
     """Write a ShapesWorld dataset (see the module docstring) and return its folder.
 
     `max_objects`: each image holds 1..max_objects objects. `types`: the question types the world asks, in
@@ -442,7 +448,9 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     each of them is drawn for a training turn (default uniform); the benchmark asks every one that applies.
     `relation_pairs`: which pairs a relation question asks about (`RELATION_PAIRS`): "apart", any two objects
     that do not overlap along the asked axis; "across", two objects on either side of the image's midline.
-    `jobs` > 1 draws the scenes in that many processes; the files written are the same.
+    `fallback`: a training turn whose drawn type does not apply to the image (no colour named once, no
+    pair of objects apart) asks existence instead; without it such turns are dropped, and so are training
+    records left with none (a world of one type, e.g. relation alone). `jobs` > 1 draws the scenes in that many processes; the files written are the same.
     """
     from viral.parallel import run_parallel
 
@@ -467,7 +475,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     for split, count in (("train", n_train), ("eval", n_eval)):
         step = -(-count // max(jobs, 1)) or 1  # ceil(count / jobs): one chunk per process
         chunks = [range(start, min(count, start + step)) for start in range(0, count, step)] or [range(0)]
-        calls = [(out, seed, split, chunk, size, max_objects, turns, types, weights, relation_pairs,
+        calls = [(out, seed, split, chunk, size, max_objects, turns, types, weights, relation_pairs, fallback,
                   progress and jobs <= 1)
                  for chunk in chunks]
         names, image_parts, label_parts = [], [], []
@@ -486,6 +494,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     (out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in written["eval.jsonl"]))
     meta = {"seed": seed, "n_train": n_train, "n_eval": n_eval, "size": size, "turns": turns,
             "max_objects": max_objects, "type_weights": type_weights, "shapes": SHAPES,
-            "colours": list(COLOURS), "question_types": types, "relation_pairs": relation_pairs}
+            "colours": list(COLOURS), "question_types": types, "relation_pairs": relation_pairs,
+            "fallback": fallback}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return out
