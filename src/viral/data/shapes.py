@@ -147,14 +147,13 @@ def _count_question(rng, objects, size=None):
 RELATION_PAIRS = ["apart", "across"]  # which pairs of objects a relation question may ask about
 
 
-def _apart(a: ShapeObject, b: ShapeObject, ca: float, cb: float, size: int, pairs: str) -> bool:
-    """Whether the relation between `a` and `b` along one axis (centres `ca`, `cb`) is clear: "apart", the
+def _clear_relation(a: ShapeObject, b: ShapeObject, ca: float, cb: float, size: int, pairs: str) -> bool:
+    """Whether the relation between `a` and `b` along one axis (centres `ca`, `cb`) may be asked: "apart", the
     two objects do not overlap along it; "across", the image's midline runs between them, so each lies
     wholly in its own half and the relation is the position of either object against the frame."""
     if pairs == "apart":
         return abs(ca - cb) > a.half + b.half
-    first, second = (a, b) if ca < cb else (b, a)
-    low, high = min(ca, cb), max(ca, cb)
+    (low, first), (high, second) = sorted(((ca, a), (cb, b)), key=lambda centre_object: centre_object[0])
     return low + first.half < size / 2 < high - second.half
 
 
@@ -170,9 +169,9 @@ def _relation_question(rng, objects, size=None, pairs_kind="apart"):
         for b in unique:
             if a is b:
                 continue
-            if _apart(a, b, a.cx, b.cx, size, pairs_kind):
+            if _clear_relation(a, b, a.cx, b.cx, size, pairs_kind):
                 pairs.append((a, b, "left or right of", "left" if a.cx < b.cx else "right"))
-            if _apart(a, b, a.cy, b.cy, size, pairs_kind):
+            if _clear_relation(a, b, a.cy, b.cy, size, pairs_kind):
                 pairs.append((a, b, "above or below", "above" if a.cy < b.cy else "below"))
     if not pairs:
         return None
@@ -280,7 +279,6 @@ def _scene_records(out: Path, seed: int, split: str, indices: range, size: int, 
         if split == "train":
             conversation, asked = [], set()
             for _turn in range(turns):
-                made = None
                 for _ in range(8):  # a question already asked about this image could be answered from the chat
                     if weights is None:
                         qtype = types[int(rng.integers(len(types)))]
@@ -450,7 +448,8 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
     that do not overlap along the asked axis; "across", two objects on either side of the image's midline.
     `fallback`: a training turn whose drawn type does not apply to the image (no colour named once, no
     pair of objects apart) asks existence instead; without it such turns are dropped, and so are training
-    records left with none (a world of one type, e.g. relation alone). `jobs` > 1 draws the scenes in that many processes; the files written are the same.
+    records left with none (a world of one type, e.g. relation alone). `jobs` > 1 draws the scenes in that
+    many processes; the files written are the same.
     """
     from viral.parallel import run_parallel
 
