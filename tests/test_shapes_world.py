@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from viral.data.shapes import ARRAYS, DEFAULT_TYPES, QUESTION_TYPES, SHAPES, draw_scene, generate, scene_words
+from viral.data.shapes import (ARRAYS, DEFAULT_TYPES, QUESTION_TYPES, RELATION_PAIRS, SHAPES, draw_scene, generate,
+                               scene_words)
 from viral.study.world import load_split
 
 
@@ -116,6 +117,18 @@ def test_across_pairs_keep_the_images_and_only_drop_relations_that_the_midline_d
     assert json.loads((tmp_path / "across/meta.json").read_text())["relation_pairs"] == "across"
     with pytest.raises(ValueError, match="apart"):
         generate(tmp_path / "w", n_train=2, n_eval=2, size=32, progress=False, relation_pairs="near")
+
+
+@pytest.mark.parametrize("argv", [["shapes", "generate", "--out", "w"], ["study"], ["demo"]])
+def test_every_command_offers_the_worlds_relation_pairs(argv, capsys):
+    from viral.cli import build_parser
+
+    parser = build_parser()
+    for pairs in RELATION_PAIRS:
+        assert parser.parse_args([*argv, "--relation-pairs", pairs]).relation_pairs == pairs
+    with pytest.raises(SystemExit):
+        parser.parse_args([*argv, "--relation-pairs", "near"])
+    assert "invalid choice: 'near'" in capsys.readouterr().err
 
 
 def test_chance_is_the_best_answer_per_question_form(tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from viral.data.shapes import RELATION_PAIRS
+
     parser = subparsers.add_parser("shapes", help="ShapesWorld: the built-in synthetic dataset")
     sub = parser.add_subparsers(dest="shapes_command", metavar="SUBCOMMAND", required=True)
     gen = sub.add_parser("generate", help="draw images and write LLaVA-format records and ShapesBench",
@@ -25,7 +27,7 @@ def register(subparsers) -> None:
     gen.add_argument("--type-weights", default=None, metavar="TYPE=W,...",
                      help="how often each type is drawn for a training turn, e.g. relation=2,count=1 (types "
                           "left out get 0; default: uniform); ShapesBench asks every type that applies")
-    gen.add_argument("--relation-pairs", default="apart", choices=["apart", "across"],
+    gen.add_argument("--relation-pairs", default="apart", choices=RELATION_PAIRS,
                      help="which objects a relation question compares: apart, any two that do not overlap along "
                           "the asked axis (default); across, two on either side of the image's midline, so the "
                           "relation is either object's half of the image")

@@ -19,6 +19,7 @@ configs match (e.g. its language stage and stage 1 for another stage-2 length).
 
 
 def add_study_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> None:
+    from viral.data.shapes import RELATION_PAIRS
     from viral.study.pipeline import DEFAULT_CONFIG
     from viral.study.scales import SCALES
 
@@ -53,7 +54,7 @@ def add_study_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> 
     parser.add_argument("--type-weights", default=None, metavar="TYPE=W,...",
                         help="how often each type is drawn for a new world's training turn, e.g. relation=2,"
                              "count=1,existence=1,colour=1,position=1 (default: uniform)")
-    parser.add_argument("--relation-pairs", choices=["apart", "across"], default=None,
+    parser.add_argument("--relation-pairs", choices=RELATION_PAIRS, default=None,
                         help="which objects a new world's relation questions compare: 'apart' (default), any two "
                              "that do not overlap along the asked axis; 'across', two on either side of the "
                              "image's midline")
