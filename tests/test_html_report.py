@@ -255,3 +255,23 @@ def test_a_run_folder_shows_what_it_has(tmp_path, shapes_dir):
         write_html_report(empty)
     with pytest.raises(SystemExit, match=f"viral report: {empty}: neither"):
         main(["report", str(empty)])
+
+
+def test_training_curves_get_a_panel_per_axis_group_the_curves_hold(tmp_path, monkeypatch):
+    # eval_curve.jsonl rows carry left/right and top/bottom position beside the types; each gets its own panel,
+    # titled as the study's tables name it, and a group no run's curve holds gets none
+    from viral.report import figures
+    from viral.report.inputs import RunData
+
+    drawn = []
+    monkeypatch.setattr(figures, "figure_uri", lambda figure: drawn.append(figure) or "data:image/png;base64,")
+    rows = [{"step": step, "questions": 10, "scores": {"accuracy": 60.0, "position": 55.0 + step,
+                                                      "position_horizontal": 50.0 + 2 * step}}
+            for step in (100, 200)]
+    runs = [RunData("baseline", tmp_path / "b", seed="0", curve=rows), RunData("viral", tmp_path / "v", seed="0")]
+    assert figures.curve_figure(runs, ["accuracy", "count", "position", "position_horizontal", "position_vertical"],
+                                {"position_horizontal": 50.8}, {"position_horizontal": "position: left / right"})
+    titles = [axis.get_title() for axis in drawn[0].axes if axis.get_title()]
+    assert titles == ["all types", "position", "position: left / right"]
+    left_right = drawn[0].axes[2]
+    assert [list(line.get_ydata()) for line in left_right.lines] == [[250.0, 450.0], [50.8, 50.8]]

@@ -115,6 +115,7 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
 
     from viral.data.shapes import scene_words
     from viral.config import ConfigError
+    from viral.evaluate.shapes import axis_group
     from viral.study.pipeline import StudySettings, run_study, stage_configs
     from viral.study.world import load_split
     from viral.train import ALIGNMENT_HEAD_NAME, build_trainer
@@ -179,6 +180,10 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
         assert all(r["loss_vra"] is not None for r in viral_rows)
         curve = [json.loads(x) for x in (viral / "eval_curve.jsonl").read_text().splitlines()]
         assert [row["step"] for row in curve] == [2] and curve[0]["questions"] == 8
+        # scored per type and per axis of relation and position, as the final evaluation is
+        first = [json.loads(x) for x in (data / "eval.jsonl").read_text().splitlines()][:8]
+        groups = {axis_group(q["type"], q["answer"]) for q in first} - {None}
+        assert groups and set(curve[0]["scores"]) == {"accuracy"} | {q["type"] for q in first} | groups
         # same initial weights (the same stage-1 checkpoint) and seed in both arms
         configs = {arm: yaml.safe_load((Path(runs[arm]["dir"]) / "viral_config.yaml").read_text()) for arm in
                    ("baseline", "viral")}
@@ -194,8 +199,6 @@ def test_two_arm_mini_study(tmp_path, small_world, stage0):
         assert set(written["mcnemar_per_seed"]["0"][name]) >= {"p_value", "questions"}
     assert summary["outputs"]["plot"].endswith("study.png")
     # relation and position per axis of the image, from each run's predictions: scores, tests and chance
-    from viral.evaluate.shapes import axis_group
-
     for seed in ("0", "1"):
         for arm in ("baseline", "viral"):
             rows = [json.loads(x) for x in (Path(written["runs"][seed][arm]["dir"]) / "eval" / "predictions.jsonl")

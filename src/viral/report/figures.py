@@ -105,8 +105,10 @@ def _run_label(run: RunData) -> str:
     return name if run.seed is None else f"seed {run.seed} {name}"
 
 
-def curve_figure(runs: list[RunData], types: list[str], chance: dict[str, float]) -> str | None:
-    """ShapesBench during training (eval_curve.jsonl): one panel per type, one line per run, chance dotted."""
+def curve_figure(runs: list[RunData], types: list[str], chance: dict[str, float],
+                 titles: dict[str, str] | None = None) -> str | None:
+    """ShapesBench during training (eval_curve.jsonl): one panel per type (or axis group, titled by `titles`)
+    that some run's curve holds, one line per run, chance dotted."""
     with_curve = [run for run in runs if run.curve]
     types = [name for name in types if any(name in row.get("scores", {}) for run in with_curve for row in run.curve)]
     if not types:
@@ -125,7 +127,7 @@ def curve_figure(runs: list[RunData], types: list[str], chance: dict[str, float]
                       color=f"C{seeds.index(run.seed) % 10}", label=_run_label(run))
         if name in chance:
             axis.axhline(chance[name], color="grey", linestyle=":", linewidth=1, label="chance")
-        axis.set_title("all types" if name == "accuracy" else name)
+        axis.set_title("all types" if name == "accuracy" else (titles or {}).get(name, name))
         axis.set_ylim(0, 100)
         axis.set_xlabel("training step")
         axis.set_ylabel("accuracy (%)")

@@ -14,10 +14,11 @@ import datetime
 from pathlib import Path
 from typing import Any
 
+from viral.evaluate.shapes import AXIS_GROUPS
 from viral.report import figures
 from viral.report.inputs import ReportInputs, RunData, read_inputs
 from viral.study.pipeline import ARMS
-from viral.study.report import (ARM_LABELS, MAIN_HEADER, TYPES, axis_rows, comparison_rows, format_p,
+from viral.study.report import (ARM_LABELS, LABELS, MAIN_HEADER, TYPES, axis_rows, comparison_rows, format_p,
                                 premise_sentence)
 
 REPORT_FILE = "report.html"
@@ -195,7 +196,7 @@ def build_context(inputs: ReportInputs, max_questions: int | None = DEFAULT_MAX_
         "study": _study_section(summary) if summary else None,
         "run": _run_section(inputs.runs[0]) if inputs.kind == "run" else None,
         "losses": figures.loss_figure(inputs.runs),
-        "curves": figures.curve_figure(inputs.runs, TYPES, chance),
+        "curves": figures.curve_figure(inputs.runs, [*TYPES, *AXIS_GROUPS], chance, LABELS),
         "analyses": _analysis_sections(inputs),
         "browser": _question_browser(inputs, max_questions),
         "outcome_labels": OUTCOMES,

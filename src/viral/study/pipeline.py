@@ -325,7 +325,7 @@ class EvalCurveCallback(TrainerCallback):
     """Every `every` training steps: ShapesBench on the first `limit` questions with the model being trained.
 
     Appends `{step, questions, scores}` to `eval_curve.jsonl` in the run folder (benchmark scores over
-    training steps). Decoding is greedy and the torch RNG state is restored, so training is unchanged.
+    training steps, per type and per axis of relation and position: `AXIS_GROUPS`). Decoding is greedy and the torch RNG state is restored, so training is unchanged.
     """
 
     def __init__(self, data_dir: str, run_dir: Path, every: int, limit: int, batch_size: int = 64):
@@ -351,7 +351,8 @@ class EvalCurveCallback(TrainerCallback):
         finally:
             llava.train()
             torch.set_rng_state(rng)
-        scores = {name: summary["metrics"][name] for name in ("accuracy", *QUESTION_TYPES) if name in summary["metrics"]}
+        scores = {name: summary["metrics"][name] for name in ("accuracy", *QUESTION_TYPES, *AXIS_GROUPS)
+                  if name in summary["metrics"]}
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": state.global_step, "questions": summary["counts"]["evaluated"],
                                      "scores": scores}) + "\n")
