@@ -325,7 +325,8 @@ class EvalCurveCallback(TrainerCallback):
     """Every `every` training steps: ShapesBench on the first `limit` questions with the model being trained.
 
     Appends `{step, questions, scores}` to `eval_curve.jsonl` in the run folder (benchmark scores over
-    training steps, per type and per axis of relation and position: `AXIS_GROUPS`). Decoding is greedy and the torch RNG state is restored, so training is unchanged.
+    training steps, per type and per axis of relation and position: `AXIS_GROUPS`). Decoding is greedy and
+    the torch RNG state is restored, so training is unchanged.
     """
 
     def __init__(self, data_dir: str, run_dir: Path, every: int, limit: int, batch_size: int = 64):
